@@ -1,0 +1,184 @@
+"""`hugepage-agent apply`: plan, THP, reserve, persist, report.
+
+Everything that can be refused is checked before anything changes, so an
+invalid configuration leaves the host as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from hugepage_agent import persist, pools, reserve, thp, units
+from hugepage_agent.config import Config
+from hugepage_agent.errors import HostError
+from hugepage_agent.host import Host
+from hugepage_agent.plan import Plan, make_plan
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "/run/hugepage-agent/last-apply.json"
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    plan: Plan
+    dry_run: bool
+    pools_before: tuple[tuple[str, int, int], ...]  # (label, pages now, target) per pool
+    thp_changes: tuple[thp.Change, ...]
+    thp_cmdline: str | None
+    files: tuple[persist.FileChange, ...]
+    conflicts: tuple[persist.Conflict, ...]
+    result: reserve.ReserveResult | None
+    boot_hint: str | None  # kernel command line for 1 GiB pages that fell short
+
+    @property
+    def met(self) -> bool:
+        return self.result is None or self.result.met
+
+
+def plan_for(host: Host, cfg: Config) -> Plan:
+    return make_plan(cfg, pools.mem_total_bytes(host), pools.online_nodes(host))
+
+
+def controls(host: Host, plan: Plan) -> list[pools.KernelPool]:
+    if plan.per_node:
+        return [pools.KernelPool(host, plan.page_size_kb, node) for node, _ in plan.per_node]
+    return [pools.KernelPool(host, plan.page_size_kb)]
+
+
+def boot_hint(plan: Plan) -> str:
+    if plan.per_node:
+        counts = ",".join(f"{node}:{pages}" for node, pages in plan.per_node)
+        return f"hugepagesz=1G hugepages={counts}"
+    return f"hugepagesz=1G hugepages={plan.target}"
+
+
+def apply(host: Host, cfg: Config, dry_run: bool = False) -> ApplyReport:
+    plan = plan_for(host, cfg)
+    if plan.page_size_kb not in pools.supported_sizes_kb(host):
+        raise HostError(f"the kernel has no {units.page_size_name(plan.page_size)} huge pages "
+                        f"({pools.HUGEPAGES_DIR}/hugepages-{plan.page_size_kb}kB is missing)")
+    default_kb = pools.default_page_size_kb(host)
+    ctls = controls(host, plan)
+    targets = [reserve.Target(c, pages) for c, pages in
+               zip(ctls, [p for _, p in plan.per_node] or [plan.target])]
+    before = tuple((t.control.label, t.control.total(), t.pages) for t in targets)
+
+    state = thp.read_state(host)
+    changes = thp.plan_changes(state, cfg.thp.enabled, cfg.thp.defrag)
+    if state.cmdline is not None:
+        log.info("THP is set on the kernel command line (transparent_hugepage=%s): "
+                 "leaving it alone", state.cmdline)
+    files = persist.plan_files(host, plan, default_kb)
+
+    result = None
+    hint = None
+    if not dry_run:
+        thp.apply_changes(host, changes)
+        for c in changes:
+            log.info("THP: %s: %s -> %s", c.path, c.old, c.new)
+        result = reserve.reserve(
+            targets, cfg.reserve.timeout,
+            drop_caches=(lambda: pools.drop_caches(host)) if cfg.reserve.drop_caches else None)
+        persist.write_files(host, files)
+        for f in files:
+            if f.changed:
+                log.info("%s %s", "removed" if f.new is None else "wrote", f.path)
+        if not result.met and plan.page_size == units.GIB:
+            hint = boot_hint(plan)
+        _save_state(host, plan, result)
+    conflicts = persist.find_conflicts(host)
+    for cf in conflicts:
+        if cf.overrides:
+            log.warning("%s:%d sets %s = %s, which overrides %s at boot; remove it",
+                        cf.file, cf.line, persist.SYSCTL_KEY, cf.value, persist.SYSCTL_FILE)
+    return ApplyReport(plan=plan, dry_run=dry_run, pools_before=before,
+                       thp_changes=tuple(changes), thp_cmdline=state.cmdline,
+                       files=tuple(files), conflicts=tuple(conflicts), result=result,
+                       boot_hint=hint)
+
+
+def _save_state(host: Host, plan: Plan, result: reserve.ReserveResult) -> None:
+    state = {
+        "time": time.time(),
+        "page_size_kb": plan.page_size_kb,
+        "target": result.target,
+        "achieved": result.achieved,
+        "start": result.start,
+        "rounds": result.rounds,
+        "seconds": round(result.seconds, 3),
+    }
+    try:
+        host.write_atomic(STATE_FILE, json.dumps(state, indent=1) + "\n")
+    except HostError as e:  # /run missing in a bare chroot: not worth failing the apply
+        log.warning("could not record the result: %s", e)
+
+
+def read_last_state(host: Host) -> dict[str, object] | None:
+    text = host.read_optional(STATE_FILE)
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def render(report: ApplyReport) -> str:
+    """The human report printed by the CLI."""
+    p = report.plan
+    ps = units.page_size_name(p.page_size)
+    lines = []
+    how = (f"auto: {p.model_pages} pages for the models plus headroom" if p.auto
+           else "configured")
+    lines.append(f"target: {p.target} x {ps} pages ({units.human_bytes(p.target_bytes)}, {how}); "
+                 f"limit {units.human_bytes(p.limit_bytes)}")
+    if p.per_node:
+        lines.append("  per node: " + ", ".join(f"node {n}: {c}" for n, c in p.per_node))
+    if report.dry_run:
+        for label, pages, goal in report.pools_before:
+            lines.append(f"would set {label}: {pages} -> {goal} pages")
+    if report.thp_cmdline is not None:
+        lines.append(f"THP: left alone (kernel command line: "
+                     f"transparent_hugepage={report.thp_cmdline})")
+    elif report.thp_changes:
+        verb = "would set" if report.dry_run else "set"
+        for c in report.thp_changes:
+            lines.append(f"THP: {verb} {c.path}: {c.old} -> {c.new}")
+    else:
+        lines.append("THP: already as configured")
+    for f in report.files:
+        if not f.changed:
+            if f.old is not None:
+                lines.append(f"{f.path}: unchanged")
+        elif report.dry_run:
+            lines.append(f"would change {f.path}:")
+            lines.append(f.diff().rstrip("\n"))
+        else:
+            lines.append(f"{'removed' if f.new is None else 'wrote'} {f.path}")
+    for cf in report.conflicts:
+        effect = "overrides ours at boot" if cf.overrides else "is overridden by ours"
+        lines.append(f"warning: {cf.file}:{cf.line} sets {persist.SYSCTL_KEY} = {cf.value} "
+                     f"({effect})")
+    r = report.result
+    if r is not None:
+        status = "met" if r.met else f"SHORT by {r.target - r.achieved} pages"
+        lines.append(f"reserved: {r.achieved} of {r.target} x {ps} pages ({status}); "
+                     f"started from {r.start}, {r.rounds} rounds, {r.seconds:.2f} s")
+        if len(r.per_pool) > 1:
+            for label, goal, have in r.per_pool:
+                lines.append(f"  {label}: {have} of {goal}")
+        if not r.met:
+            lines.append("the pool is short: free memory is fragmented or in use. Try "
+                         "`hugepage-agent apply` again after stopping memory-hungry services, "
+                         "set [reserve] drop_caches = true, or reserve at boot.")
+    if report.boot_hint:
+        lines.append(f"1 GiB pages are best reserved at boot: add `{report.boot_hint}` to "
+                     "the kernel command line")
+    if report.dry_run:
+        lines.append("dry run: nothing was changed")
+    return "\n".join(lines)

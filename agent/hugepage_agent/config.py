@@ -1,0 +1,351 @@
+"""Configuration: TOML files in, frozen dataclasses out, validated at the edge.
+
+Read from /etc/hugepage-agent/config.toml, then the drop-ins
+/etc/hugepage-agent/config.d/*.toml in name order (a later file wins key by
+key; a [[model]] with the name of an earlier one replaces it), or from one
+--config FILE. Every error names the file and the key.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hugepage_agent import units
+from hugepage_agent.errors import ConfigError
+from hugepage_agent.host import Host
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Debian 12 has 3.11
+    import tomli as tomllib
+
+MAIN_CONFIG = "/etc/hugepage-agent/config.toml"
+DROPIN_GLOB = "/etc/hugepage-agent/config.d/*.toml"
+DEFAULT_LIBRARY = "/usr/lib/hugepage-agent/libhugepage-wrapper.so"
+DEFAULT_SERVER = "/usr/local/bin/llama-server"
+
+THP_MODES = ("always", "madvise", "never", "keep")
+DEFRAG_MODES = ("always", "defer", "defer+madvise", "madvise", "never", "keep")
+WRAPPER_LOG = ("quiet", "info", "debug")
+WRAPPER_PAGE = ("auto", "2M", "1G")
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.\\\-@]+\.service$")
+
+
+DEFAULT_HEADROOM = units.Amount(share=0.02)
+DEFAULT_LIMIT = units.Amount(share=0.90)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    page_size: int = 2 * units.MIB
+    size: units.Amount | None = None  # None: auto, from the model files
+    headroom: units.Amount = DEFAULT_HEADROOM
+    limit: units.Amount = DEFAULT_LIMIT
+    nodes: tuple[tuple[int, float], ...] = ()  # (node, share of the target)
+
+
+@dataclass(frozen=True)
+class ThpConfig:
+    enabled: str = "never"
+    defrag: str = "never"
+
+
+@dataclass(frozen=True)
+class ReserveConfig:
+    timeout: float = 30.0
+    drop_caches: bool = False
+
+
+@dataclass(frozen=True)
+class WrapperConfig:
+    library: str = ""  # empty: the installed library, or the checkout's build
+    min_size: int = units.GIB
+    page_size: str = "auto"
+    strict: bool = False
+    log: str = "info"
+    threads: int = 0  # 0: the library decides
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    binary: str = DEFAULT_SERVER
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    path: str
+    size: int
+    args: tuple[str, ...] = ()
+    unit: str | None = None  # an operator's own unit instead of llama-server@NAME
+    autostart: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    files: tuple[str, ...] = ()
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    thp: ThpConfig = field(default_factory=ThpConfig)
+    reserve: ReserveConfig = field(default_factory=ReserveConfig)
+    wrapper: WrapperConfig = field(default_factory=WrapperConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    models: tuple[ModelConfig, ...] = ()
+    origins: tuple[tuple[str, str], ...] = ()  # (key, file that set it last)
+
+    def origin(self, key: str) -> str:
+        """The file that set a key last (for messages about the merged result)."""
+        for k, file in self.origins:
+            if k == key:
+                return file
+        return self.files[-1] if self.files else "<defaults>"
+
+_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "pool": {"page_size": str, "size": (str, int), "headroom": (str, int),
+             "limit": (str, int), "nodes": dict},
+    "thp": {"enabled": str, "defrag": str},
+    "reserve": {"timeout": (str, int, float), "drop_caches": bool},
+    "wrapper": {"library": str, "min_size": (str, int), "page_size": str, "strict": bool,
+                "log": str, "threads": int},
+    "server": {"binary": str},
+}
+_MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "path": str, "args": list, "unit": str, "autostart": bool,
+}
+_TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+               dict: "a table", list: "a list"}
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    ts = t if isinstance(t, tuple) else (t,)
+    return " or ".join(_TYPE_NAMES[x] for x in ts)
+
+
+def _check_type(file: str, key: str, value: object, t: type | tuple[type, ...]) -> None:
+    ts = t if isinstance(t, tuple) else (t,)
+    if isinstance(value, bool) and bool not in ts:
+        raise ConfigError(file, key, f"expected {_type_name(t)}, found {value!r}")
+    if not isinstance(value, ts):
+        raise ConfigError(file, key, f"expected {_type_name(t)}, found {type(value).__name__}")
+
+
+def _check_file(file: str, data: Mapping[str, Any]) -> None:
+    """Unknown keys and wrong types, per file, so the message names the right file."""
+    for section, body in data.items():
+        if section == "model":
+            if not isinstance(body, list):
+                raise ConfigError(file, "model", "expected [[model]] tables")
+            names: set[str] = set()
+            for i, m in enumerate(body):
+                where = f"model[{i}]"
+                if not isinstance(m, dict):
+                    raise ConfigError(file, where, "expected a table")
+                for key, value in m.items():
+                    if key not in _MODEL_KEYS:
+                        raise ConfigError(file, f"{where}.{key}", "unknown key (expected one of "
+                                          f"{', '.join(_MODEL_KEYS)})")
+                    _check_type(file, f"{where}.{key}", value, _MODEL_KEYS[key])
+                for req in ("name", "path"):
+                    if req not in m:
+                        raise ConfigError(file, f"{where}.{req}", "missing")
+                name = m["name"]
+                if name in names:
+                    raise ConfigError(file, f"{where}.name", f"duplicate model name '{name}'")
+                names.add(name)
+            continue
+        if section not in _SCHEMA:
+            raise ConfigError(file, section, "unknown section (expected one of "
+                              f"{', '.join([*_SCHEMA, 'model'])})")
+        if not isinstance(body, dict):
+            raise ConfigError(file, section, "expected a table")
+        for key, value in body.items():
+            if key not in _SCHEMA[section]:
+                raise ConfigError(file, f"{section}.{key}", "unknown key (expected one of "
+                                  f"{', '.join(_SCHEMA[section])})")
+            _check_type(file, f"{section}.{key}", value, _SCHEMA[section][key])
+
+
+def _read_toml(file: str, text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(file, "", f"invalid TOML: {e}") from e
+
+
+def _config_files(host: Host, explicit: str | None) -> list[tuple[str, str]]:
+    """(name shown in messages, text) for each file, in the order they apply."""
+    if explicit is not None:
+        try:
+            return [(explicit, Path(explicit).read_text(encoding="utf-8"))]
+        except OSError as e:
+            raise ConfigError(explicit, "", f"cannot read: {e.strerror or e}") from e
+    out: list[tuple[str, str]] = []
+    main = host.read_optional(MAIN_CONFIG)
+    if main is not None:
+        out.append((MAIN_CONFIG, main))
+    for p in host.glob(DROPIN_GLOB):
+        text = host.read_optional(p)
+        if text is not None:
+            out.append((p, text))
+    return out
+
+
+def _field(file: str, key: str, fn: Any, value: object) -> Any:
+    try:
+        return fn(value)
+    except ValueError as e:
+        raise ConfigError(file, key, str(e)) from e
+
+
+def load(host: Host, explicit: str | None = None) -> Config:
+    """Read, merge and validate the configuration. Raises ConfigError."""
+    merged: dict[str, dict[str, Any]] = {}
+    origins: dict[str, str] = {}
+    models: dict[str, tuple[str, int, dict[str, Any]]] = {}
+    files = _config_files(host, explicit)
+    for file, text in files:
+        data = _read_toml(file, text)
+        _check_file(file, data)
+        for section, body in data.items():
+            if section == "model":
+                for i, m in enumerate(body):
+                    models.pop(m["name"], None)  # a later file replaces, and reorders
+                    models[m["name"]] = (file, i, m)
+                continue
+            for key, value in body.items():
+                merged.setdefault(section, {})[key] = value
+                origins[f"{section}.{key}"] = file
+    return _build(merged, origins, models, tuple(f for f, _ in files))
+
+
+def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
+           models: Mapping[str, tuple[str, int, dict[str, Any]]],
+           files: tuple[str, ...]) -> Config:
+    def src(key: str) -> str:
+        return origins.get(key, "<defaults>")
+
+    p = raw.get("pool", {})
+    pool = PoolConfig()
+    page_size = _field(src("pool.page_size"), "pool.page_size", units.parse_page_size,
+                       p.get("page_size", "2M"))
+    size: units.Amount | None = None
+    if "size" in p and p["size"] != "auto":
+        size = _field(src("pool.size"), "pool.size",
+                      lambda v: units.parse_amount(v, allow_share=True), p["size"])
+    headroom = pool.headroom
+    if "headroom" in p:
+        headroom = _field(src("pool.headroom"), "pool.headroom", units.parse_amount,
+                          p["headroom"])
+    limit = pool.limit
+    if "limit" in p:
+        limit = _field(src("pool.limit"), "pool.limit",
+                       lambda v: units.parse_amount(v, allow_pages=False), p["limit"])
+        if (limit.share is not None and limit.share <= 0) or limit.bytes == 0:
+            raise ConfigError(src("pool.limit"), "pool.limit", "must be more than zero")
+    nodes = _nodes(src("pool.nodes"), p.get("nodes", {}))
+
+    t = raw.get("thp", {})
+    enabled = t.get("enabled", "never")
+    if enabled not in THP_MODES:
+        raise ConfigError(src("thp.enabled"), "thp.enabled",
+                          f"'{enabled}' is not one of {', '.join(THP_MODES)}")
+    defrag = t.get("defrag", "never")
+    if defrag not in DEFRAG_MODES:
+        raise ConfigError(src("thp.defrag"), "thp.defrag",
+                          f"'{defrag}' is not one of {', '.join(DEFRAG_MODES)}")
+
+    r = raw.get("reserve", {})
+    timeout = _field(src("reserve.timeout"), "reserve.timeout", units.parse_duration,
+                     r.get("timeout", "30s"))
+    if timeout > 3600:
+        raise ConfigError(src("reserve.timeout"), "reserve.timeout", "more than one hour")
+
+    w = raw.get("wrapper", {})
+    min_size = _field(src("wrapper.min_size"), "wrapper.min_size",
+                      lambda v: units.parse_amount(v, allow_pages=False, allow_share=False),
+                      w.get("min_size", "1G")).bytes
+    if not min_size:
+        raise ConfigError(src("wrapper.min_size"), "wrapper.min_size", "must be more than zero")
+    wpage = w.get("page_size", "auto")
+    if wpage not in WRAPPER_PAGE:
+        raise ConfigError(src("wrapper.page_size"), "wrapper.page_size",
+                          f"'{wpage}' is not one of {', '.join(WRAPPER_PAGE)}")
+    wlog = w.get("log", "info")
+    if wlog not in WRAPPER_LOG:
+        raise ConfigError(src("wrapper.log"), "wrapper.log",
+                          f"'{wlog}' is not one of {', '.join(WRAPPER_LOG)}")
+    threads = w.get("threads", 0)
+    if not 0 <= threads <= 256:
+        raise ConfigError(src("wrapper.threads"), "wrapper.threads", "must be from 0 to 256")
+    library = w.get("library", "")
+    if library and not library.startswith("/"):
+        raise ConfigError(src("wrapper.library"), "wrapper.library", "must be an absolute path")
+
+    binary = raw.get("server", {}).get("binary", DEFAULT_SERVER)
+    if not binary.startswith("/"):
+        raise ConfigError(src("server.binary"), "server.binary", "must be an absolute path")
+
+    return Config(
+        files=files,
+        pool=PoolConfig(page_size=page_size, size=size, headroom=headroom, limit=limit,
+                        nodes=nodes),
+        thp=ThpConfig(enabled=enabled, defrag=defrag),
+        reserve=ReserveConfig(timeout=timeout, drop_caches=r.get("drop_caches", False)),
+        wrapper=WrapperConfig(library=library, min_size=min_size, page_size=wpage,
+                              strict=w.get("strict", False), log=wlog, threads=threads),
+        server=ServerConfig(binary=binary),
+        models=tuple(_model(f, i, m) for f, i, m in models.values()),
+        origins=tuple(sorted(origins.items())),
+    )
+
+
+def _nodes(file: str, nodes: Mapping[str, Any]) -> tuple[tuple[int, float], ...]:
+    out: list[tuple[int, float]] = []
+    for key, value in nodes.items():
+        where = f"pool.nodes.{key}"
+        if not key.isdigit():
+            raise ConfigError(file, where, "a NUMA node number is expected as the key")
+        share = units.parse_percent(value) if isinstance(value, str) else None
+        if share is None:
+            raise ConfigError(file, where, "expected a share of the pool such as \"50%\"")
+        out.append((int(key), share))
+    if out and abs(sum(s for _, s in out) - 1.0) > 1e-6:
+        total = sum(s for _, s in out) * 100
+        raise ConfigError(file, "pool.nodes", f"the shares add up to {total:g}%, not 100%")
+    return tuple(sorted(out))
+
+
+def _model(file: str, index: int, m: Mapping[str, Any]) -> ModelConfig:
+    where = f"model[{index}]"
+    name = m["name"]
+    if not MODEL_NAME_RE.match(name):
+        raise ConfigError(file, f"{where}.name", f"{name!r} is not a valid model name: use "
+                          "letters, digits, '.', '_' and '-' (at most 64, not starting with "
+                          "a punctuation mark); it becomes a systemd unit name")
+    path = m["path"]
+    if not path.startswith("/"):
+        raise ConfigError(file, f"{where}.path", f"'{path}' is not an absolute path")
+    try:
+        st = Path(path).stat()
+    except OSError as e:
+        raise ConfigError(file, f"{where}.path", f"model file '{path}' cannot be used: "
+                          f"{e.strerror or e}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(file, f"{where}.path", f"'{path}' is not a regular file")
+    args = m.get("args", [])
+    for j, a in enumerate(args):
+        if not isinstance(a, str):
+            raise ConfigError(file, f"{where}.args[{j}]", "expected a string")
+        if "\0" in a:
+            raise ConfigError(file, f"{where}.args[{j}]", "contains a NUL character")
+    unit = m.get("unit")
+    if unit is not None and not UNIT_NAME_RE.match(unit):
+        raise ConfigError(file, f"{where}.unit", f"{unit!r} is not a valid .service unit name")
+    return ModelConfig(name=name, path=path, size=st.st_size, args=tuple(args), unit=unit,
+                       autostart=m.get("autostart", True))

@@ -1,0 +1,68 @@
+"""`hugepage-agent exec`: run a program with the wrapper preloaded, for hosts
+or containers without systemd. Also the one place that turns the [wrapper]
+configuration into the library's environment (the drop-ins use it too)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from hugepage_agent.config import DEFAULT_LIBRARY, Config
+from hugepage_agent.errors import AgentError, ConfigError
+
+LIBRARY_NAME = "libhugepage-wrapper.so"
+
+
+def library_candidates() -> list[str]:
+    checkout = Path(__file__).resolve().parents[2] / "wrapper_c" / "build" / LIBRARY_NAME
+    return [DEFAULT_LIBRARY, "/usr/local/lib/hugepage-agent/" + LIBRARY_NAME, str(checkout)]
+
+
+def find_library(cfg: Config) -> str:
+    if cfg.wrapper.library:
+        if not os.path.isfile(cfg.wrapper.library):
+            raise ConfigError(cfg.origin("wrapper.library"), "wrapper.library",
+                              f"'{cfg.wrapper.library}' does not exist")
+        return cfg.wrapper.library
+    for c in library_candidates():
+        if os.path.isfile(c):
+            return c
+    raise AgentError("the wrapper library was not found (looked in "
+                     f"{', '.join(library_candidates())}); build it with `make -C wrapper_c` "
+                     "or set [wrapper] library")
+
+
+def wrapper_env(cfg: Config, library: str) -> dict[str, str]:
+    """The environment variables that configure the library."""
+    w = cfg.wrapper
+    env = {
+        "LD_PRELOAD": library,
+        "HUGEPAGE_WRAPPER_MIN_SIZE": str(w.min_size),
+        "HUGEPAGE_WRAPPER_PAGE_SIZE": w.page_size,
+        "HUGEPAGE_WRAPPER_STRICT": "1" if w.strict else "0",
+        "HUGEPAGE_WRAPPER_LOG": w.log,
+    }
+    if w.threads:
+        env["HUGEPAGE_WRAPPER_THREADS"] = str(w.threads)
+    return env
+
+
+def merged_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    env = dict(base)
+    env.update(extra)
+    old = base.get("LD_PRELOAD", "")
+    parts = [p for p in old.replace(":", " ").split() if p and p != extra["LD_PRELOAD"]]
+    env["LD_PRELOAD"] = " ".join([extra["LD_PRELOAD"], *parts])
+    return env
+
+
+def exec_command(cfg: Config, argv: Sequence[str]) -> NoReturn:
+    if not argv:
+        raise AgentError("exec: no command given (usage: hugepage-agent exec -- CMD ARGS...)")
+    env = merged_env(os.environ, wrapper_env(cfg, find_library(cfg)))
+    try:
+        os.execvpe(argv[0], list(argv), env)
+    except OSError as e:
+        raise AgentError(f"exec: cannot run {argv[0]}: {e.strerror or e}") from e

@@ -1,0 +1,64 @@
+"""What to reserve: the target pages from the configuration and the host."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hugepage_agent import units
+from hugepage_agent.config import Config
+from hugepage_agent.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Plan:
+    page_size: int
+    target: int  # pages, whole machine
+    per_node: tuple[tuple[int, int], ...]  # (node, pages); empty: no NUMA split
+    auto: bool
+    model_pages: int  # what the models need before headroom
+    limit_bytes: int
+    mem_total: int
+
+    @property
+    def page_size_kb(self) -> int:
+        return self.page_size // units.KIB
+
+    @property
+    def target_bytes(self) -> int:
+        return self.target * self.page_size
+
+
+def make_plan(cfg: Config, mem_total: int, nodes_online: list[int]) -> Plan:
+    """Raises ConfigError for a target above the limit or a missing NUMA node."""
+    pool = cfg.pool
+    ps = pool.page_size
+    model_pages = sum(units.pages_for(m.size, ps) for m in cfg.models)
+    if pool.size is None:
+        target = model_pages + pool.headroom.resolve_pages(ps, model_pages * ps)
+    else:
+        target = pool.size.resolve_pages(ps, mem_total)
+    limit_bytes = pool.limit.resolve_bytes(ps, mem_total)
+    if target * ps > limit_bytes:
+        key = "pool.size" if pool.size is not None else "model"
+        what = ("the configured size" if pool.size is not None
+                else f"the models ({len(cfg.models)}) plus headroom")
+        raise ConfigError(
+            cfg.origin(key) if pool.size is not None else cfg.origin("pool.limit"),
+            "pool.limit" if pool.size is None else "pool.size",
+            f"{what} needs {target} x {units.page_size_name(ps)} pages "
+            f"({units.human_bytes(target * ps)}), above the limit of "
+            f"{units.human_bytes(limit_bytes)} (pool.limit of "
+            f"{units.human_bytes(mem_total)} MemTotal)")
+    per_node: list[tuple[int, int]] = []
+    for node, share in pool.nodes:
+        if node not in nodes_online:
+            raise ConfigError(cfg.origin("pool.nodes"), f"pool.nodes.{node}",
+                              f"NUMA node {node} is not online (online: "
+                              f"{', '.join(map(str, nodes_online)) or 'none'})")
+        per_node.append((node, math.ceil(target * share - 1e-9)))
+    if per_node:
+        target = sum(n for _, n in per_node)
+    return Plan(page_size=ps, target=target, per_node=tuple(per_node),
+                auto=pool.size is None, model_pages=model_pages, limit_bytes=limit_bytes,
+                mem_total=mem_total)

@@ -1,0 +1,161 @@
+"""The kernel's explicit huge page pools, per page size and NUMA node.
+
+Pure parsers (`parse_*`) beside thin readers that go through the Host.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hugepage_agent.host import Host
+
+MEMINFO = "/proc/meminfo"
+NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
+COMPACT_MEMORY = "/proc/sys/vm/compact_memory"
+DROP_CACHES = "/proc/sys/vm/drop_caches"
+HUGEPAGES_DIR = "/sys/kernel/mm/hugepages"
+NODE_DIR = "/sys/devices/system/node"
+
+_SIZE_DIR_RE = re.compile(r"hugepages-(\d+)kB$")
+
+
+@dataclass(frozen=True)
+class PoolState:
+    page_size_kb: int
+    node: int | None  # None: the whole machine
+    total: int
+    free: int
+    reserved: int | None  # the kernel counts reservations only globally
+    surplus: int
+
+    @property
+    def in_use(self) -> int:
+        return self.total - self.free
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """'MemTotal:  24576 kB' -> {'MemTotal': 24576}; counts stay counts."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            out[key.strip()] = int(parts[0])
+    return out
+
+
+def parse_node_list(text: str) -> list[int]:
+    """'0-2,4' -> [0, 1, 2, 4]."""
+    nodes: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        nodes.extend(range(int(lo), int(hi or lo) + 1))
+    return nodes
+
+
+def read_meminfo(host: Host) -> dict[str, int]:
+    return parse_meminfo(host.read(MEMINFO))
+
+
+def mem_total_bytes(host: Host) -> int:
+    return read_meminfo(host)["MemTotal"] * 1024
+
+
+def default_page_size_kb(host: Host) -> int:
+    return read_meminfo(host).get("Hugepagesize", 2048)
+
+
+def supported_sizes_kb(host: Host) -> list[int]:
+    sizes = []
+    for p in host.glob(f"{HUGEPAGES_DIR}/hugepages-*kB"):
+        m = _SIZE_DIR_RE.search(p)
+        if m:
+            sizes.append(int(m.group(1)))
+    return sorted(sizes)
+
+
+def online_nodes(host: Host) -> list[int]:
+    text = host.read_optional(f"{NODE_DIR}/online")
+    if text is None:
+        return [0] if host.exists(f"{NODE_DIR}/node0") else []
+    return parse_node_list(text)
+
+
+def size_dir(page_size_kb: int, node: int | None = None) -> str:
+    if node is None:
+        return f"{HUGEPAGES_DIR}/hugepages-{page_size_kb}kB"
+    return f"{NODE_DIR}/node{node}/hugepages/hugepages-{page_size_kb}kB"
+
+
+def knob_path(host: Host, page_size_kb: int, node: int | None = None) -> str:
+    """Where the pool size is written: vm.nr_hugepages for the default size."""
+    if node is None and page_size_kb == default_page_size_kb(host):
+        return NR_HUGEPAGES
+    return f"{size_dir(page_size_kb, node)}/nr_hugepages"
+
+
+def read_pool(host: Host, page_size_kb: int, node: int | None = None) -> PoolState:
+    d = size_dir(page_size_kb, node)
+    resv = host.read_int(f"{d}/resv_hugepages") if node is None else None
+    return PoolState(
+        page_size_kb=page_size_kb,
+        node=node,
+        total=host.read_int(f"{d}/nr_hugepages"),
+        free=host.read_int(f"{d}/free_hugepages"),
+        reserved=resv,
+        surplus=host.read_int(f"{d}/surplus_hugepages"),
+    )
+
+
+def read_pools(host: Host) -> list[PoolState]:
+    """Every pool: per size globally, then per size and node where nodes exist."""
+    out = []
+    sizes = supported_sizes_kb(host)
+    for kb in sizes:
+        out.append(read_pool(host, kb))
+    for node in online_nodes(host):
+        for kb in sizes:
+            if host.exists(size_dir(kb, node)):
+                out.append(read_pool(host, kb, node))
+    return out
+
+
+def compact(host: Host, node: int | None = None) -> None:
+    if node is None:
+        host.write_knob(COMPACT_MEMORY, "1")
+    else:
+        host.write_knob(f"{NODE_DIR}/node{node}/compact", "1")
+
+
+def drop_caches(host: Host) -> None:
+    """Drop clean page cache only (1), never dentries and inodes."""
+    host.write_knob(DROP_CACHES, "1")
+
+
+class KernelPool:
+    """One real pool (a page size, globally or on one node) as a PoolControl."""
+
+    def __init__(self, host: Host, page_size_kb: int, node: int | None = None) -> None:
+        self.host = host
+        self.page_size_kb = page_size_kb
+        self.node = node
+        self.knob = knob_path(host, page_size_kb, node)
+        where = f" on node {node}" if node is not None else ""
+        self.label = f"{page_size_kb // 1024 if page_size_kb < 1048576 else 1}" \
+                     f"{'M' if page_size_kb < 1048576 else 'G'} pool{where}"
+
+    def total(self) -> int:
+        return self.host.read_int(f"{size_dir(self.page_size_kb, self.node)}/nr_hugepages")
+
+    def in_use(self) -> int:
+        st = read_pool(self.host, self.page_size_kb, self.node)
+        return st.in_use + (st.reserved or 0)
+
+    def write(self, pages: int) -> None:
+        self.host.write_knob(self.knob, str(pages))
+
+    def compact(self) -> None:
+        compact(self.host, self.node)

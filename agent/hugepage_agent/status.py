@@ -1,0 +1,150 @@
+"""`hugepage-agent status`: is the host as configured?
+
+Collects plain data (the JSON schema, version 1, documented in the README)
+and renders it for people. Reads only; works without root.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hugepage_agent import __version__, apply, persist, pools, thp, units
+from hugepage_agent.config import Config
+from hugepage_agent.errors import AgentError
+from hugepage_agent.host import Host
+from hugepage_agent.plan import Plan
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+def _pool_entry(p: pools.PoolState, plan: Plan | None) -> dict[str, Any]:
+    target: int | None = None
+    if plan is not None and p.page_size_kb == plan.page_size_kb:
+        if p.node is None:
+            target = plan.target
+        elif plan.per_node:
+            target = dict(plan.per_node).get(p.node)
+    return {
+        "page_size_kb": p.page_size_kb,
+        "node": p.node,
+        "total": p.total,
+        "free": p.free,
+        "reserved": p.reserved,
+        "surplus": p.surplus,
+        "in_use": p.in_use,
+        "target": target,
+        "shortfall": max(0, target - p.total) if target is not None else None,
+    }
+
+
+def collect(host: Host, cfg: Config | None, cfg_error: str | None = None) -> dict[str, Any]:
+    problems: list[str] = []
+    plan: Plan | None = None
+    if cfg_error is not None:
+        problems.append(f"configuration: {cfg_error}")
+    if cfg is not None:
+        try:
+            plan = apply.plan_for(host, cfg)
+        except AgentError as e:
+            problems.append(f"configuration: {e}")
+
+    pool_list = [_pool_entry(p, plan) for p in pools.read_pools(host)]
+    for p in pool_list:
+        if p["shortfall"]:
+            where = f" on node {p['node']}" if p["node"] is not None else ""
+            problems.append(f"{p['page_size_kb']} kB pool{where} is short by "
+                            f"{p['shortfall']} pages ({p['total']} of {p['target']})")
+
+    state = thp.read_state(host)
+    want_enabled = cfg.thp.enabled if cfg else None
+    want_defrag = cfg.thp.defrag if cfg else None
+    as_configured = (thp.matches(state, want_enabled, want_defrag)
+                     if want_enabled is not None and want_defrag is not None else None)
+    if as_configured is False:
+        problems.append(f"THP is {state.enabled} (defrag {state.defrag}), configured "
+                        f"{want_enabled} (defrag {want_defrag})")
+
+    conflicts = persist.find_conflicts(host)
+    persisted = persist.persisted_value(host)
+    for c in conflicts:
+        if c.overrides:
+            problems.append(f"{c.file}:{c.line} overrides {persist.SYSCTL_KEY} with {c.value}")
+
+    models = []
+    if cfg is not None:
+        for m in cfg.models:
+            models.append({"name": m.name, "path": m.path, "model_bytes": m.size,
+                           "unit": m.unit or f"llama-server@{m.name}.service"})
+
+    return {
+        "version": SCHEMA_VERSION,
+        "agent_version": __version__,
+        "config": {"files": list(cfg.files) if cfg else [], "error": cfg_error},
+        "pools": pool_list,
+        "thp": {
+            "enabled": state.enabled,
+            "defrag": state.defrag,
+            "sizes": {str(kb): mode for kb, mode in state.sizes},
+            "cmdline": state.cmdline,
+            "configured_enabled": want_enabled,
+            "configured_defrag": want_defrag,
+            "as_configured": as_configured,
+        },
+        "persisted": {
+            "file": persist.SYSCTL_FILE,
+            "value": persisted,
+            "conflicts": [{"file": c.file, "line": c.line, "value": c.value,
+                           "overrides": c.overrides} for c in conflicts],
+        },
+        "last_apply": apply.read_last_state(host),
+        "models": models,
+        "problems": problems,
+        "degraded": bool(problems),
+    }
+
+
+def _fmt(v: object) -> str:
+    return "-" if v is None else str(v)
+
+
+def render(data: dict[str, Any]) -> str:
+    lines = []
+    lines.append(f"{'POOL':<12} {'NODE':>4} {'TOTAL':>7} {'FREE':>7} {'RSVD':>6} {'SURP':>6} "
+                 f"{'TARGET':>7} {'SHORT':>6}")
+    for p in data["pools"]:
+        name = units.page_size_name(p["page_size_kb"] * 1024)
+        lines.append(f"{name:<12} {_fmt(p['node']) if p['node'] is not None else 'all':>4} "
+                     f"{p['total']:>7} {p['free']:>7} {_fmt(p['reserved']):>6} "
+                     f"{p['surplus']:>6} {_fmt(p['target']):>7} {_fmt(p['shortfall']):>6}")
+    t = data["thp"]
+    thp_line = f"THP: enabled={t['enabled']} defrag={t['defrag']}"
+    if t["cmdline"] is not None:
+        thp_line += f" (set on the kernel command line: transparent_hugepage={t['cmdline']})"
+    elif t["as_configured"] is not None:
+        thp_line += " (as configured)" if t["as_configured"] else (
+            f" (configured: enabled={t['configured_enabled']} "
+            f"defrag={t['configured_defrag']})")
+    lines.append(thp_line)
+    per = data["persisted"]
+    lines.append(f"persisted: {per['file']}: "
+                 + (f"vm.nr_hugepages = {per['value']}" if per["value"] is not None
+                    else "not written"))
+    for c in per["conflicts"]:
+        effect = "overrides it at boot" if c["overrides"] else "overridden"
+        lines.append(f"  conflict: {c['file']}:{c['line']} vm.nr_hugepages = {c['value']} "
+                     f"({effect})")
+    la = data["last_apply"]
+    if la:
+        lines.append(f"last apply: {la.get('achieved')} of {la.get('target')} pages in "
+                     f"{la.get('rounds')} rounds, {la.get('seconds')} s")
+    for m in data["models"]:
+        lines.append(f"model {m['name']}: {m['unit']}, {units.human_bytes(m['model_bytes'])}")
+    if data["problems"]:
+        lines.append("DEGRADED:")
+        lines.extend(f"  - {p}" for p in data["problems"])
+    else:
+        lines.append("OK: as configured")
+    return "\n".join(lines)

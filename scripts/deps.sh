@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install everything the project needs on a fresh Debian 12 machine, idempotently.
+#
+# Python: the project runs on Debian's /usr/bin/python3 (3.11) on purpose. The agent
+# ships as a Debian package that depends on Debian's python3-pydbus, python3-gi and
+# python3-pyudev, which are built for that interpreter only. Development tools
+# (pytest, ruff, mypy) live in a venv made from the same interpreter with
+# --system-site-packages, cached under ~/.cache/hugepage-agent/ so later runs skip it.
+set -euo pipefail
+
+CACHE="${HUGEPAGE_AGENT_CACHE:-$HOME/.cache/hugepage-agent}"
+VENV="$CACHE/venv"
+APT_PACKAGES=(
+    build-essential make gcc
+    python3 python3-venv python3-pip
+    python3-gi python3-pydbus python3-pyudev
+    libhugetlbfs-bin
+)
+PIP_PACKAGES=(
+    "pytest>=7"
+    "ruff>=0.6"
+    "mypy>=1.10"
+)
+
+need_apt=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$p")
+done
+if ((${#need_apt[@]})); then
+    echo "deps: installing Debian packages: ${need_apt[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+fi
+
+stamp="$VENV/.hugepage-agent-deps"
+want="$(printf '%s\n' "${PIP_PACKAGES[@]}")"
+if [[ ! -x "$VENV/bin/python" ]] || [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    echo "deps: creating development venv in $VENV" >&2
+    mkdir -p "$CACHE"
+    rm -rf "$VENV"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
+    printf '%s' "$want" >"$stamp"
+fi

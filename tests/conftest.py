@@ -1,0 +1,87 @@
+"""Shared fixtures: root checks, saving and restoring the kernel state that
+tests change, and the wrapper build."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WRAPPER_DIR = REPO / "wrapper_c"
+LIBRARY = WRAPPER_DIR / "build" / "libhugepage-wrapper.so"
+MAPTOOL = WRAPPER_DIR / "build" / "tests" / "maptool"
+HUGEPAGES = Path("/sys/kernel/mm/hugepages")
+THP = Path("/sys/kernel/mm/transparent_hugepage")
+
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: changes kernel huge page state")
+
+
+def read_int(path: Path) -> int:
+    return int(path.read_text().split()[0])
+
+
+def pool_knob(kb: int) -> Path:
+    return HUGEPAGES / f"hugepages-{kb}kB" / "nr_hugepages"
+
+
+def free_pages(kb: int) -> int:
+    return read_int(HUGEPAGES / f"hugepages-{kb}kB" / "free_hugepages")
+
+
+def set_pool(kb: int, pages: int) -> int:
+    """Write a pool size and return what the kernel really gave."""
+    pool_knob(kb).write_text(str(pages))
+    return read_int(pool_knob(kb))
+
+
+def _thp_knobs() -> list[Path]:
+    knobs = [THP / "enabled", THP / "defrag"]
+    knobs += sorted(THP.glob("hugepages-*kB/enabled"))
+    return [k for k in knobs if k.exists()]
+
+
+def _selected(text: str) -> str:
+    start = text.find("[")
+    return text[start + 1:text.find("]")] if start >= 0 else text.strip()
+
+
+@pytest.fixture
+def kernel_state() -> Iterator[None]:
+    """Saves and restores the pools, THP knobs and the agent's persistence files."""
+    if not IS_ROOT:
+        pytest.skip("needs root: changes kernel huge page state")
+    pools = {kb: read_int(pool_knob(kb)) for kb in (2048, 1048576) if pool_knob(kb).exists()}
+    thp = {k: _selected(k.read_text()) for k in _thp_knobs()}
+    files = {}
+    for f in ("/etc/sysctl.d/80-hugepage-agent.conf", "/etc/tmpfiles.d/80-hugepage-agent.conf",
+              "/run/hugepage-agent/last-apply.json"):
+        p = Path(f)
+        files[p] = p.read_bytes() if p.exists() else None
+    try:
+        yield
+    finally:
+        for kb, n in pools.items():
+            with contextlib.suppress(OSError):
+                pool_knob(kb).write_text(str(n))
+        for k, v in thp.items():
+            with contextlib.suppress(OSError):
+                k.write_text(v)
+        for p, data in files.items():
+            if data is None:
+                p.unlink(missing_ok=True)
+            else:
+                p.write_bytes(data)
+
+
+@pytest.fixture(scope="session")
+def wrapper_build() -> Path:
+    """Builds the library and the test programs (warnings are errors)."""
+    subprocess.run(["make", "-s", "-C", str(WRAPPER_DIR), "WERROR=1", "all"], check=True)
+    assert LIBRARY.exists() and MAPTOOL.exists()
+    return LIBRARY

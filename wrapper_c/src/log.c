@@ -1,0 +1,28 @@
+/* Logging: one line per event on stderr. write(2) on a stack buffer, so it
+ * takes no stdio lock and allocates nothing; errno is preserved. */
+#include "wrapper.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <unistd.h>
+
+void hpw_log(enum hpw_log_level level, const char *fmt, ...)
+{
+    if (level > hpw_cfg.log)
+        return;
+    int saved = errno;
+    char buf[1024];
+    int n = snprintf(buf, sizeof buf, "hugepage-wrapper[%ld]: ", (long)getpid());
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
+    if (len > sizeof buf - 2)
+        len = sizeof buf - 2;
+    buf[len++] = '\n';
+    ssize_t w = write(STDERR_FILENO, buf, len);
+    (void)w;
+    errno = saved;
+}

@@ -1,0 +1,39 @@
+/* How many pages of one size the kernel's huge page pool can still give:
+ * free minus reserved, plus what overcommit may still add as surplus. */
+#include "wrapper.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static long read_counter(size_t page_size, const char *name)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/sys/kernel/mm/hugepages/hugepages-%zukB/%s",
+             page_size >> 10, name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    char buf[32];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    return strtol(buf, NULL, 10);
+}
+
+long hpw_pool_available(size_t page_size)
+{
+    long free_pages = read_counter(page_size, "free_hugepages");
+    long resv = read_counter(page_size, "resv_hugepages");
+    if (free_pages < 0 || resv < 0)
+        return -1; /* this page size is not supported by the kernel */
+    long avail = free_pages - resv;
+    long overcommit = read_counter(page_size, "nr_overcommit_hugepages");
+    long surplus = read_counter(page_size, "surplus_hugepages");
+    if (overcommit > 0 && surplus >= 0 && overcommit > surplus)
+        avail += overcommit - surplus;
+    return avail < 0 ? 0 : avail;
+}

@@ -1,0 +1,66 @@
+/* Internal interfaces of the huge-page preload library. Nothing here is exported:
+ * the library is built with -fvisibility=hidden and a version script, so only
+ * the interposed libc symbols in interpose.c are visible to the host program. */
+#ifndef HUGEPAGE_WRAPPER_H
+#define HUGEPAGE_WRAPPER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define HPW_SMALL_PAGE 4096UL
+#define HPW_2M (2UL << 20)
+#define HPW_1G (1UL << 30)
+
+enum hpw_log_level { HPW_LOG_QUIET = 0, HPW_LOG_INFO = 1, HPW_LOG_DEBUG = 2 };
+enum hpw_page_choice { HPW_PAGE_AUTO = 0, HPW_PAGE_2M, HPW_PAGE_1G };
+
+struct hpw_config {
+    size_t min_size;            /* smallest mapping taken over, bytes */
+    enum hpw_page_choice page;  /* 2M, 1G or auto */
+    int strict;                 /* fail with ENOMEM instead of falling back */
+    enum hpw_log_level log;
+    unsigned threads;           /* reader threads, 0 = automatic */
+};
+
+/* config.c: environment parsing (invalid values are reported once, default kept). */
+extern struct hpw_config hpw_cfg;
+void hpw_config_load(void);
+int hpw_parse_size(const char *s, size_t *out);
+
+/* log.c: one line per event on stderr, written with write(2); errno preserved. */
+void hpw_log(enum hpw_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* real.c: the libc functions underneath, resolved once. */
+void *hpw_real_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+int hpw_real_munmap(void *addr, size_t len);
+int hpw_real_mprotect(void *addr, size_t len, int prot);
+int hpw_real_madvise(void *addr, size_t len, int advice);
+int hpw_real_posix_madvise(void *addr, size_t len, int advice);
+void hpw_resolve_real(void);
+
+/* pool.c: what the kernel's huge page pool can still give, in pages. */
+long hpw_pool_available(size_t page_size);
+
+/* copy.c: fill memory with file contents, in parallel; drops the page cache read. */
+int hpw_fill(int fd, int direct, off_t offset, size_t bytes, char *dst,
+             unsigned threads, const char **what);
+unsigned hpw_default_threads(size_t bytes);
+
+/* registry.c: the mappings taken over, and operations on address ranges. */
+struct hpw_mapping;
+int hpw_registry_add(char *base, size_t visible_len, size_t total_len,
+                     size_t page_size, int memfd, int prot);
+int hpw_registry_empty(void);
+/* Apply an operation to [addr, addr+len): the parts inside taken-over mappings are
+ * handled by the registry; gaps go to `outside` (the real libc call). */
+enum hpw_op { HPW_OP_UNMAP, HPW_OP_PROTECT, HPW_OP_ADVISE };
+int hpw_registry_apply(enum hpw_op op, char *addr, size_t len, int arg,
+                       int (*outside)(void *, size_t, int), int *handled);
+
+/* takeover.c: decide whether to serve an mmap from huge pages and do it. */
+void *hpw_try_takeover(size_t length, int prot, int flags, int fd, off_t offset,
+                       int *taken);
+
+#endif
