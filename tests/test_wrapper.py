@@ -245,3 +245,22 @@ def test_file_over_2_gib(kernel_state: None, datadir: Path) -> None:
         assert int(r["free2m_after_unmap"]) == start
     finally:
         f.unlink()
+
+
+SHORT_READ_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"  # st_size 4096, reads ~40 bytes
+
+
+def test_read_error_releases_pages_and_falls_back(kernel_state: None) -> None:
+    """A file that ends before its size says (as if it shrank while being read):
+    the copy fails, every huge page taken is given back, and the call goes to
+    the kernel, which answers as it would without the library."""
+    set_pool(2048, 4)
+    plain, _ = run_map(SHORT_READ_FILE, 0, 4096, "--keep", preload=False)
+    r, err = run_map(SHORT_READ_FILE, 0, 4096, "--keep", env={"HUGEPAGE_WRAPPER_MIN_SIZE": "1"})
+    assert "failed while copying" in err and SHORT_READ_FILE in err
+    assert r["mmap"] == plain["mmap"] and r.get("errno") == plain.get("errno")
+    assert r["free2m_after_unmap"] == "4" and free_pages(2048) == 4
+    r, err = run_map(SHORT_READ_FILE, 0, 4096, "--keep",
+                     env={"HUGEPAGE_WRAPPER_MIN_SIZE": "1", "HUGEPAGE_WRAPPER_STRICT": "1"})
+    assert r["mmap"] == "fail" and r["errno"] == "12" and "strict" in err
+    assert free_pages(2048) == 4

@@ -127,8 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args, host)
     except AgentError as e:
-        log.error("%s", e)
-        return EXIT_ERROR
+        return die(str(e))
     except KeyboardInterrupt:
-        log.error("interrupted")
-        return EXIT_ERROR
+        return die("interrupted")
+
+
+def die(message: str) -> int:
+    """The one exit path for expected failures: one line on stderr, exit 2."""
+    print(f"hugepage-agent: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
