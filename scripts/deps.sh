@@ -15,6 +15,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-pip
     python3-gi python3-pydbus python3-pyudev
     libhugetlbfs-bin
+    debootstrap systemd-container
 )
 PIP_PACKAGES=(
     "pytest>=7"
@@ -43,3 +44,6 @@ if [[ ! -x "$VENV/bin/python" ]] || [[ "$(cat "$stamp" 2>/dev/null)" != "$want" 
     "$VENV/bin/pip" install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
     printf '%s' "$want" >"$stamp"
 fi
+
+# The Debian root file system that the tests boot a real systemd in.
+bash "$(dirname "$0")/rootfs.sh" >/dev/null

@@ -51,11 +51,9 @@ def _selected(text: str) -> str:
     return text[start + 1:text.find("]")] if start >= 0 else text.strip()
 
 
-@pytest.fixture
-def kernel_state() -> Iterator[None]:
+@contextlib.contextmanager
+def saved_kernel_state() -> Iterator[None]:
     """Saves and restores the pools, THP knobs and the agent's persistence files."""
-    if not IS_ROOT:
-        pytest.skip("needs root: changes kernel huge page state")
     pools = {kb: read_int(pool_knob(kb)) for kb in (2048, 1048576) if pool_knob(kb).exists()}
     thp = {k: _selected(k.read_text()) for k in _thp_knobs()}
     files = {}
@@ -77,6 +75,14 @@ def kernel_state() -> Iterator[None]:
                 p.unlink(missing_ok=True)
             else:
                 p.write_bytes(data)
+
+
+@pytest.fixture
+def kernel_state() -> Iterator[None]:
+    if not IS_ROOT:
+        pytest.skip("needs root: changes kernel huge page state")
+    with saved_kernel_state():
+        yield
 
 
 @pytest.fixture(scope="session")

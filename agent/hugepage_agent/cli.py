@@ -10,10 +10,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from hugepage_agent import __version__, config, execwrap, status
+from hugepage_agent import __version__, config, execwrap, release, status, unitfiles
 from hugepage_agent import apply as apply_mod
 from hugepage_agent.errors import AgentError, ConfigError, PermissionDenied
 from hugepage_agent.host import Host
+from hugepage_agent.systemd import Systemd
 
 EXIT_OK = 0
 EXIT_DEGRADED = 1
@@ -32,6 +33,12 @@ commands:
   status   show pools, THP, persistence and models; exit 0 when all is as
            configured, 1 when degraded
   exec     run a program with the huge page wrapper preloaded
+  daemon   what hugepage-agent.service runs: apply, write the model units'
+           drop-ins, start the models, then serve D-Bus and watch memory events
+  release  give the pool back to the kernel and remove the persisted size
+  run-model NAME
+           what llama-server@NAME.service runs: exec llama-server with the
+           model's path and arguments from the file the agent wrote
 
 exit codes: 0 as configured, 1 degraded (pool short), 2 error or invalid input.
 Configuration: /etc/hugepage-agent/config.toml and config.d/*.toml (see
@@ -79,6 +86,18 @@ def _parser() -> argparse.ArgumentParser:
                                    "from [wrapper], for hosts or containers without systemd.")
     e.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                    help="the program and its arguments")
+    sub.add_parser("daemon", parents=[common], help="run as the boot-time service",
+                       description="Apply, write drop-ins and per-model files, start the "
+                                   "models marked autostart, notify systemd, then serve "
+                                   "D-Bus and react to memory events, SIGHUP (reload) and "
+                                   "SIGTERM (exit, leaving the pool as it is).")
+    sub.add_parser("release", parents=[common], help="give the pool back to the kernel",
+                       description="Set the configured pool to zero (never below the pages "
+                                   "in use) and remove the persisted pool size. Needs root.")
+    rm = sub.add_parser("run-model", parents=[common], help="exec llama-server for a model",
+                        description="Used by llama-server@.service: exec the configured "
+                                    "llama-server with the model's path and arguments.")
+    rm.add_argument("name", help="the model name (the unit's instance)")
     return p
 
 
@@ -97,16 +116,34 @@ def _cmd_apply(args: argparse.Namespace, host: Host) -> int:
     return EXIT_OK if report.met else EXIT_DEGRADED
 
 
-def _cmd_status(args: argparse.Namespace, host: Host) -> int:
-    cfg = None
-    cfg_error = None
+def _local_systemd(host: Host) -> Systemd | None:
+    if not host.is_real:
+        return None
     try:
-        cfg = config.load(host, args.config)
-    except ConfigError as e:
-        cfg_error = str(e)
-    data = status.collect(host, cfg, cfg_error)
+        from hugepage_agent.systemd import system_bus
+
+        return Systemd(system_bus())
+    except AgentError as e:
+        log.debug("systemd not reachable: %s", e)
+        return None
+
+
+def _cmd_status(args: argparse.Namespace, host: Host) -> int:
+    data = None
+    if host.is_real and args.config is None:
+        from hugepage_agent.dbus_service import call_status
+
+        data = call_status()  # the daemon's view, when it runs
+    if data is None:
+        cfg = None
+        cfg_error = None
+        try:
+            cfg = config.load(host, args.config)
+        except ConfigError as e:
+            cfg_error = str(e)
+        data = status.collect(host, cfg, cfg_error, systemd=_local_systemd(host))
     print(json.dumps(data, indent=2) if args.json else status.render(data))
-    if cfg_error is not None:
+    if data["config"]["error"] is not None:
         return EXIT_ERROR
     return EXIT_DEGRADED if data["degraded"] else EXIT_OK
 
@@ -119,11 +156,45 @@ def _cmd_exec(args: argparse.Namespace, host: Host) -> int:
     execwrap.exec_command(cfg, cmd)
 
 
+def _cmd_daemon(args: argparse.Namespace, host: Host) -> int:
+    _require_root(host, "the daemon")
+    from hugepage_agent import daemon
+
+    return daemon.run(host, args.config)
+
+
+def _cmd_release(args: argparse.Namespace, host: Host) -> int:
+    cfg = config.load(host, args.config)
+    _require_root(host, "release")
+    print(release.release(host, cfg))
+    return EXIT_OK
+
+
+def _cmd_run_model(args: argparse.Namespace, host: Host) -> int:
+    if not config.MODEL_NAME_RE.match(args.name):
+        raise AgentError(f"{args.name!r} is not a valid model name")
+    path = unitfiles.model_file(args.name)
+    text = host.read_optional(path)
+    if text is None:
+        raise AgentError(f"no model '{args.name}': {path} does not exist (is it configured, "
+                         "and has hugepage-agent.service run?)")
+    try:
+        argv = unitfiles.model_argv(text)
+    except (ValueError, KeyError) as e:
+        raise AgentError(f"{path}: {e}") from e
+    log.debug("exec %s", argv)
+    try:
+        os.execv(argv[0], argv)
+    except OSError as e:
+        raise AgentError(f"cannot run {argv[0]}: {e.strerror or e} (set [server] binary)") from e
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
     host = Host(args.root)
-    handlers = {"apply": _cmd_apply, "status": _cmd_status, "exec": _cmd_exec}
+    handlers = {"apply": _cmd_apply, "status": _cmd_status, "exec": _cmd_exec,
+                "daemon": _cmd_daemon, "release": _cmd_release, "run-model": _cmd_run_model}
     try:
         return handlers[args.command](args, host)
     except AgentError as e:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hugepage_agent import __version__, apply, persist, pools, thp, units
-from hugepage_agent.config import Config
+from hugepage_agent import __version__, apply, coverage, persist, pools, thp, unitfiles, units
+from hugepage_agent.config import Config, ModelConfig
 from hugepage_agent.errors import AgentError
 from hugepage_agent.host import Host
 from hugepage_agent.plan import Plan
+from hugepage_agent.systemd import Systemd, SystemdError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,54 @@ def _pool_entry(p: pools.PoolState, plan: Plan | None) -> dict[str, Any]:
     }
 
 
-def collect(host: Host, cfg: Config | None, cfg_error: str | None = None) -> dict[str, Any]:
+def _model_entry(host: Host, m: ModelConfig, systemd: Systemd | None,
+                 problems: list[str]) -> dict[str, Any]:
+    unit = unitfiles.unit_for(m)
+    entry: dict[str, Any] = {
+        "name": m.name, "path": m.path, "unit": unit, "active": None, "state": None,
+        "pid": None, "model_bytes": m.size, "hugetlb_bytes": None, "coverage": None,
+        "page_size_kb": None, "wrapper_loaded": None, "file_pmd_bytes": None,
+        "verdict": "unknown",
+    }
+    if systemd is None:
+        entry["verdict"] = "unknown: systemd not reachable"
+        return entry
+    try:
+        st = systemd.state(unit)
+    except SystemdError as e:
+        entry["verdict"] = f"unknown: {e}"
+        return entry
+    entry.update(active=st.active_state == "active", state=f"{st.active_state}/{st.sub_state}",
+                 pid=st.main_pid or None)
+    if not st.main_pid:
+        entry["verdict"] = "not running"
+        if m.autostart:
+            problems.append(f"model {m.name}: {unit} is {st.active_state}")
+        return entry
+    cov = coverage.read_coverage(host, st.main_pid, m.path)
+    if cov is None:
+        entry["verdict"] = f"unknown: cannot read /proc/{st.main_pid}/smaps (run as root)"
+        return entry
+    share = cov.hugetlb_bytes / m.size if m.size else 1.0
+    entry.update(hugetlb_bytes=cov.hugetlb_bytes, coverage=round(min(share, 1.0), 4),
+                 page_size_kb=cov.page_size_kb, wrapper_loaded=cov.wrapper_loaded,
+                 file_pmd_bytes=cov.file_pmd_bytes)
+    if not cov.wrapper_loaded:
+        entry["verdict"] = "wrapper not loaded"
+    elif share >= 0.99:
+        entry["verdict"] = "loaded"
+    elif cov.file_mapped_bytes:
+        entry["verdict"] = "fell back to the file mapping"
+    else:
+        entry["verdict"] = "model not mapped yet"
+    if entry["verdict"] != "loaded":
+        problems.append(f"model {m.name}: {entry['verdict']} "
+                        f"({cov.hugetlb_bytes * 100 // max(m.size, 1)}% in huge pages)")
+    return entry
+
+
+def collect(host: Host, cfg: Config | None, cfg_error: str | None = None,
+            systemd: Systemd | None = None) -> dict[str, Any]:
     problems: list[str] = []
     plan: Plan | None = None
     if cfg_error is not None:
@@ -73,11 +121,7 @@ def collect(host: Host, cfg: Config | None, cfg_error: str | None = None) -> dic
         if c.overrides:
             problems.append(f"{c.file}:{c.line} overrides {persist.SYSCTL_KEY} with {c.value}")
 
-    models = []
-    if cfg is not None:
-        for m in cfg.models:
-            models.append({"name": m.name, "path": m.path, "model_bytes": m.size,
-                           "unit": m.unit or f"llama-server@{m.name}.service"})
+    models = [_model_entry(host, m, systemd, problems) for m in (cfg.models if cfg else ())]
 
     return {
         "version": SCHEMA_VERSION,
@@ -140,8 +184,17 @@ def render(data: dict[str, Any]) -> str:
     if la:
         lines.append(f"last apply: {la.get('achieved')} of {la.get('target')} pages in "
                      f"{la.get('rounds')} rounds, {la.get('seconds')} s")
+    if data["models"]:
+        lines.append(f"{'MODEL':<16} {'UNIT':<32} {'STATE':<18} {'PID':>7} {'SIZE':>10} "
+                     f"{'HUGE':>10} {'COVER':>6} {'PAGE':>5} {'WRAPPER':<8} VERDICT")
     for m in data["models"]:
-        lines.append(f"model {m['name']}: {m['unit']}, {units.human_bytes(m['model_bytes'])}")
+        cover = f"{m['coverage'] * 100:.1f}%" if m["coverage"] is not None else "-"
+        huge = units.human_bytes(m["hugetlb_bytes"]) if m["hugetlb_bytes"] is not None else "-"
+        page = units.page_size_name(m["page_size_kb"] * 1024) if m["page_size_kb"] else "-"
+        wrapper = {True: "yes", False: "no", None: "-"}[m["wrapper_loaded"]]
+        lines.append(f"{m['name']:<16} {m['unit']:<32} {_fmt(m['state']):<18} "
+                     f"{_fmt(m['pid']):>7} {units.human_bytes(m['model_bytes']):>10} "
+                     f"{huge:>10} {cover:>6} {page:>5} {wrapper:<8} {m['verdict']}")
     if data["problems"]:
         lines.append("DEGRADED:")
         lines.extend(f"  - {p}" for p in data["problems"])

@@ -1,0 +1,89 @@
+"""The agent's own D-Bus service on the system bus: an adapter that exports
+the daemon object. Anyone may call Status(); Reload() is for root only (the
+policy file says so too; this check holds even with a lax policy)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Protocol
+
+try:
+    from pydbus.generic import signal as _signal
+except ImportError:  # status falls back to reading the host directly
+    _signal = None
+
+BUS_NAME = "net.hugepageagent.Agent1"
+OBJECT_PATH = "/net/hugepageagent/Agent1"
+INTERFACE = BUS_NAME
+
+log = logging.getLogger(__name__)
+
+
+class AgentLike(Protocol):
+    def status(self) -> dict[str, Any]: ...
+    def reload(self) -> tuple[bool, str]: ...
+
+
+class AccessDenied(Exception):
+    pass
+
+
+# pydbus turns an exception whose class name has a dot into that D-Bus error name.
+AccessDenied.__name__ = f"{INTERFACE}.Error.AccessDenied"
+
+
+class Agent1:
+    dbus = f"""
+    <node>
+      <interface name='{INTERFACE}'>
+        <method name='Status'>
+          <arg type='s' name='status_json' direction='out'/>
+        </method>
+        <method name='Reload'>
+          <arg type='b' name='ok' direction='out'/>
+          <arg type='s' name='message' direction='out'/>
+        </method>
+        <signal name='Changed'>
+          <arg type='s' name='what'/>
+        </signal>
+      </interface>
+    </node>
+    """
+
+    Changed = _signal() if _signal is not None else None
+
+    def __init__(self, agent: AgentLike, bus: Any) -> None:
+        self._agent = agent
+        self._bus = bus
+
+    def Status(self) -> str:
+        return json.dumps(self._agent.status())
+
+    def Reload(self, dbus_context: Any = None) -> tuple[bool, str]:
+        if dbus_context is not None:
+            uid = self._bus.dbus.GetConnectionUnixUser(dbus_context.sender)
+            if uid != 0:
+                log.warning("refused Reload() from uid %d: only root may change the agent", uid)
+                raise AccessDenied("only root may reload hugepage-agent")
+        return self._agent.reload()
+
+
+def publish(bus: Any, agent: AgentLike) -> Agent1:
+    logging.getLogger("pydbus.registration").setLevel(logging.CRITICAL)
+    obj = Agent1(agent, bus)
+    bus.publish(BUS_NAME, (OBJECT_PATH, obj))
+    return obj
+
+
+def call_status(address: str | None = None) -> dict[str, Any] | None:
+    """The running daemon's status, or None when it does not answer."""
+    try:
+        import pydbus
+
+        bus = pydbus.connect(address) if address else pydbus.SystemBus()
+        proxy = bus.get(BUS_NAME, OBJECT_PATH)
+        data = json.loads(proxy.Status())
+    except Exception:
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,80 @@
+"""systemd's D-Bus API: the only module that imports pydbus (besides the
+daemon's own D-Bus adapter). Imported lazily: apply, status and exec work
+without it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from hugepage_agent.errors import AgentError
+
+SYSTEMD = "org.freedesktop.systemd1"
+MANAGER_PATH = "/org/freedesktop/systemd1"
+
+
+class SystemdError(AgentError):
+    pass
+
+
+@dataclass(frozen=True)
+class UnitState:
+    name: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    main_pid: int
+
+
+def system_bus(address: str | None = None) -> Any:
+    try:
+        import pydbus
+    except ImportError as e:
+        raise SystemdError("pydbus is not installed (Debian: python3-pydbus)") from e
+    try:
+        return pydbus.connect(address) if address else pydbus.SystemBus()
+    except Exception as e:  # GLib.Error: no bus
+        raise SystemdError(f"cannot connect to the system bus: {e}") from e
+
+
+class Systemd:
+    def __init__(self, bus: Any) -> None:
+        self.bus = bus
+        try:
+            self.manager = bus.get(SYSTEMD, MANAGER_PATH)
+        except Exception as e:
+            raise SystemdError(f"systemd is not reachable on the system bus: {e}") from e
+
+    def reload(self) -> None:
+        try:
+            self.manager.Reload()
+        except Exception as e:
+            raise SystemdError(f"systemd daemon-reload failed: {e}") from e
+
+    def start(self, unit: str) -> None:
+        try:
+            self.manager.StartUnit(unit, "replace")
+        except Exception as e:
+            raise SystemdError(f"cannot start {unit}: {e}") from e
+
+    def stop(self, unit: str, wait: float = 0.0) -> None:
+        """Stop a unit; with wait, until it is inactive (its memory given back)."""
+        try:
+            self.manager.StopUnit(unit, "replace")
+        except Exception as e:
+            raise SystemdError(f"cannot stop {unit}: {e}") from e
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.state(unit).active_state in ("inactive", "failed"):
+                return
+            time.sleep(0.1)
+
+    def state(self, unit: str) -> UnitState:
+        try:
+            obj = self.bus.get(SYSTEMD, self.manager.LoadUnit(unit))
+            main_pid = int(obj.MainPID) if unit.endswith(".service") else 0
+            return UnitState(unit, str(obj.LoadState), str(obj.ActiveState), str(obj.SubState),
+                             main_pid)
+        except Exception as e:
+            raise SystemdError(f"cannot read the state of {unit}: {e}") from e

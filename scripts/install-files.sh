@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the project's files under DESTDIR (default /), in the layout of the
+# Debian package: the Python package for Debian's python3, the command, the
+# wrapper library, the units, the D-Bus policy and the configuration (an
+# existing /etc/hugepage-agent/config.toml is kept). Used by install.sh, the
+# systemd container tests and the packaging. Builds the wrapper if needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DESTDIR="${1:-${DESTDIR:-/}}"
+PYDIR="$DESTDIR/usr/lib/python3/dist-packages"
+make -s -C wrapper_c lib
+install -d "$PYDIR/hugepage_agent" "$DESTDIR/usr/bin" "$DESTDIR/usr/lib/systemd/system" \
+    "$DESTDIR/usr/share/dbus-1/system.d" "$DESTDIR/etc/hugepage-agent/config.d" \
+    "$DESTDIR/usr/share/doc/hugepage-agent"
+install -m 0644 agent/hugepage_agent/*.py "$PYDIR/hugepage_agent/"
+cat >"$DESTDIR/usr/bin/hugepage-agent.tmp" <<'PY'
+#!/usr/bin/python3
+import sys
+
+from hugepage_agent.cli import main
+
+sys.exit(main())
+PY
+chmod 0755 "$DESTDIR/usr/bin/hugepage-agent.tmp"
+mv "$DESTDIR/usr/bin/hugepage-agent.tmp" "$DESTDIR/usr/bin/hugepage-agent"
+install -D -m 0644 wrapper_c/build/libhugepage-wrapper.so \
+    "$DESTDIR/usr/lib/hugepage-agent/libhugepage-wrapper.so"
+install -m 0644 systemd/hugepage-agent.service systemd/llama-server@.service \
+    "$DESTDIR/usr/lib/systemd/system/"
+install -m 0644 systemd/net.hugepageagent.Agent1.conf "$DESTDIR/usr/share/dbus-1/system.d/"
+install -m 0644 README.md config/example.toml "$DESTDIR/usr/share/doc/hugepage-agent/"
+[[ -e "$DESTDIR/etc/hugepage-agent/config.toml" ]] || \
+    install -m 0644 config/default.toml "$DESTDIR/etc/hugepage-agent/config.toml"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds (once) the Debian 12 root file system that the tests boot a real
+# systemd in, and caches it as a tarball outside the repo. Prints its path.
+set -euo pipefail
+CACHE="${HUGEPAGE_AGENT_CACHE:-$HOME/.cache/hugepage-agent}"
+VERSION=1  # bump when the package list changes
+INCLUDE=systemd,systemd-sysv,dbus,python3,python3-pydbus,python3-gi,python3-pyudev,procps,apt
+TARBALL="$CACHE/rootfs-bookworm-v$VERSION.tar"
+if [[ -s "$TARBALL" ]]; then
+    echo "$TARBALL"
+    exit 0
+fi
+mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -n1)
+mirror=${mirror:-$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null)}
+mirror=${mirror:-http://deb.debian.org/debian}
+mkdir -p "$CACHE"
+work=$(mktemp -d "$CACHE/rootfs.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+echo "rootfs: debootstrap bookworm from $mirror (about a minute)" >&2
+debootstrap --variant=minbase --include="$INCLUDE" bookworm "$work/root" "$mirror" >"$work/log" 2>&1 \
+    || { tail -n 30 "$work/log" >&2; exit 1; }
+rm -f "$work"/root/var/cache/apt/archives/*.deb
+tar -C "$work/root" -cf "$TARBALL.tmp" .
+mv "$TARBALL.tmp" "$TARBALL"
+echo "$TARBALL"

@@ -1,0 +1,247 @@
+"""The daemon under a real systemd, booted in a container (tests/container.py):
+boot-time reservation, model units with the wrapper preloaded, D-Bus status,
+reload, stop, drop-in removal, strict mode and kernel memory events.
+
+The container shares the host's kernel: the pool and THP it changes are the
+host's, saved and restored around the module."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IS_ROOT, MAPTOOL, read_int, saved_kernel_state, set_pool
+from tests.container import Container, ContainerError
+
+pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: boots systemd-nspawn")
+
+MIB = 1 << 20
+MODEL_SIZE = 300 * MIB + 4321
+NR = Path("/proc/sys/vm/nr_hugepages")
+CONFIG = "/etc/hugepage-agent/config.toml"
+HOSTILE_ARGS = ["--port", "8080", "a b", 'quote"d', "it's", "50%", "%i", "$HOME", "${X}",
+                "back\\slash", "new\nline", ""]
+
+
+def config_text(models: list[tuple[str, list[str]]], extra: str = "") -> str:
+    text = ('[pool]\nheadroom = 4\n[wrapper]\nmin_size = "64M"\n'
+            '[server]\nbinary = "/usr/local/bin/fakeserver"\n' + extra)
+    for name, args in models:
+        text += (f'\n[[model]]\nname = "{name}"\npath = "/srv/models/{name}.gguf"\n'
+                 f"args = {json.dumps(args)}\n")
+    return text
+
+
+def pages(size: int) -> int:
+    return -(-size // (2 * MIB))
+
+
+@pytest.fixture(scope="module")
+def ct(wrapper_build: Path) -> Iterator[Container]:
+    try:
+        subprocess.run(["systemd-nspawn", "--version"], capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.fail("systemd-nspawn is missing: scripts/deps.sh installs systemd-container")
+    with saved_kernel_state():
+        set_pool(2048, 0)
+        c = Container()
+        try:
+            c.prepare()
+            models = c.path("/srv/models")
+            models.mkdir(parents=True)
+            for name in ("tiny", "odd", "big"):
+                subprocess.run([str(MAPTOOL), "mkfile", str(models / f"{name}.gguf"),
+                                str(MODEL_SIZE)], check=True)
+            c.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
+            c.boot()
+            yield c
+        finally:
+            with contextlib.suppress(ContainerError):
+                c.run("systemctl", "stop", "llama-server@*.service", check=False)
+            c.stop()
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 30.0,
+             what: str | Callable[[], str] = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
+
+
+def main_pid(ct: Container, unit: str) -> int:
+    return int(ct.prop(unit, "MainPID") or 0)
+
+
+def hugetlb_kb(ct: Container, pid: int, path: str) -> int:
+    total = 0
+    current = False
+    for line in ct.proc(pid, "smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5 and ":" not in line.split()[0]:
+            current = line.endswith(f"/memfd:hugepage-wrapper:{path} (deleted)")
+        elif current and line.startswith(("Shared_Hugetlb:", "Private_Hugetlb:")):
+            total += int(line.split()[1])
+    return total
+
+
+def test_units_pass_systemd_analyze_verify(ct: Container) -> None:
+    r = ct.run("systemd-analyze", "verify", "/usr/lib/systemd/system/hugepage-agent.service",
+               "/usr/lib/systemd/system/llama-server@.service", check=False)
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+
+
+def test_start_is_active_only_after_the_pool_is_reserved(ct: Container) -> None:
+    target = pages(MODEL_SIZE) + 4
+    ct.systemctl("start", "hugepage-agent.service")  # Type=notify: returns once READY=1
+    assert ct.prop("hugepage-agent.service", "ActiveState") == "active"
+    assert read_int(NR) == target
+    log = ct.journal("hugepage-agent.service")
+    reserved = log.find(f"pool {target} of {target}")
+    started = log.find("Started")
+    assert 0 <= reserved < started, log
+    assert f"met" in ct.prop("hugepage-agent.service", "StatusText")
+    sysctl = ct.path("/etc/sysctl.d/80-hugepage-agent.conf").read_text()
+    assert f"vm.nr_hugepages = {target}" in sysctl
+    assert "[never]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+
+
+def test_model_unit_runs_with_the_wrapper_in_huge_pages(ct: Container) -> None:
+    unit = "llama-server@tiny.service"
+    wait_for(lambda: main_pid(ct, unit) > 0, what=f"{unit} to start")
+    pid = main_pid(ct, unit)
+    env = ct.proc(pid, "environ").read_bytes().split(b"\0")
+    assert b"LD_PRELOAD=/usr/lib/hugepage-agent/libhugepage-wrapper.so" in env
+    assert b"HUGEPAGE_WRAPPER_MIN_SIZE=67108864" in env
+    wait_for(lambda: hugetlb_kb(ct, pid, "/srv/models/tiny.gguf") * 1024 >= MODEL_SIZE,
+             what="the model in huge pages")
+    dropin = ct.path("/etc/systemd/system/llama-server@tiny.service.d/50-hugepage-agent.conf")
+    assert dropin.read_text().startswith("# Generated by hugepage-agent")
+    assert "After=hugepage-agent.service" in dropin.read_text()
+
+
+def test_status_over_dbus_shows_the_unit(ct: Container) -> None:
+    bus = ct.bus()
+    data = json.loads(bus.get("net.hugepageagent.Agent1", "/net/hugepageagent/Agent1").Status())
+    m = next(m for m in data["models"] if m["name"] == "tiny")
+    assert m["unit"] == "llama-server@tiny.service" and m["active"] is True
+    assert m["pid"] == main_pid(ct, "llama-server@tiny.service")
+    assert m["hugetlb_bytes"] >= MODEL_SIZE and m["verdict"] == "loaded"
+    # the CLI uses the daemon, and anyone may read it
+    r = ct.run("hugepage-agent", "status", "--json", user="65534", check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cli = json.loads(r.stdout)
+    assert [x["unit"] for x in cli["models"]] == ["llama-server@tiny.service"]
+    # but only root may change things
+    r = ct.run("busctl", "call", "net.hugepageagent.Agent1", "/net/hugepageagent/Agent1",
+               "net.hugepageagent.Agent1", "Reload", user="65534", check=False)
+    assert r.returncode != 0 and ("Access" in r.stderr or "denied" in r.stderr.lower())
+
+
+def test_hostile_arguments_reach_the_server_exactly(ct: Container) -> None:
+    ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"]), ("odd", HOSTILE_ARGS)]))
+    pid_before = main_pid(ct, "hugepage-agent.service")
+    ct.systemctl("reload", "hugepage-agent.service")
+    unit = "llama-server@odd.service"
+    wait_for(lambda: main_pid(ct, unit) > 0, what=f"{unit} to start")
+    pid = main_pid(ct, unit)
+    argv_file = ct.live(f"/run/fakeserver.{pid}.argv")
+    wait_for(argv_file.exists, what="the server's argv")
+    argv = argv_file.read_bytes().split(b"\0")[:-1]
+    assert argv == [b"/usr/local/bin/fakeserver", b"--model", b"/srv/models/odd.gguf",
+                    *(a.encode() for a in HOSTILE_ARGS)]
+    assert main_pid(ct, "hugepage-agent.service") == pid_before
+
+
+def test_reload_with_a_broken_config_keeps_the_daemon_running(ct: Container) -> None:
+    good = ct.path(CONFIG).read_text()
+    pid = main_pid(ct, "hugepage-agent.service")
+    ct.path(CONFIG).write_text(good + "\n[pool]\nsize = \"lots\"\n")
+    try:
+        ct.systemctl("reload", "hugepage-agent.service")
+        wait_for(lambda: "keeping the previous configuration" in
+                 ct.journal("hugepage-agent.service"), what="the reload error")
+        assert ct.prop("hugepage-agent.service", "ActiveState") == "active"
+        assert main_pid(ct, "hugepage-agent.service") == pid
+        log = ct.journal("hugepage-agent.service")
+        assert f"{CONFIG}: pool" in log or "invalid TOML" in log
+    finally:
+        ct.path(CONFIG).write_text(good)
+
+
+def test_removing_a_model_removes_its_dropin_and_stops_it(ct: Container) -> None:
+    dropin = ct.path("/etc/systemd/system/llama-server@odd.service.d/50-hugepage-agent.conf")
+    assert dropin.exists()
+    ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
+    ct.systemctl("reload", "hugepage-agent.service")
+    wait_for(lambda: not dropin.exists(), what="the drop-in to go")
+    assert not ct.path("/var/lib/hugepage-agent/models/odd.json").exists()
+    assert ct.path("/var/lib/hugepage-agent/models/tiny.json").exists()
+    wait_for(lambda: ct.prop("llama-server@odd.service", "ActiveState") == "inactive",
+             what="the removed model to stop")
+
+
+def test_stop_leaves_the_pool_and_thp(ct: Container) -> None:
+    before = read_int(NR)
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    ct.systemctl("stop", "hugepage-agent.service")
+    assert read_int(NR) == before > 0
+    assert Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text() == thp
+    assert "left as they are" in ct.journal("hugepage-agent.service")
+    ct.systemctl("start", "hugepage-agent.service")
+
+
+def test_strict_mode_with_a_short_pool_fails_the_unit(ct: Container) -> None:
+    ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]).replace(
+        '[wrapper]\n', '[wrapper]\nstrict = true\n'))
+    ct.systemctl("reload", "hugepage-agent.service")
+    # a model the pool was not sized for: started by hand, it cannot be served
+    ct.path("/var/lib/hugepage-agent/models/big.json").write_text(json.dumps(
+        {"generated_by": "test", "name": "big", "binary": "/usr/local/bin/fakeserver",
+         "model": "/srv/models/big.gguf", "args": []}))
+    ct.path("/etc/systemd/system/llama-server@big.service.d").mkdir(exist_ok=True)
+    ct.path("/etc/systemd/system/llama-server@big.service.d/50-hugepage-agent.conf").write_text(
+        ct.path("/etc/systemd/system/llama-server@tiny.service.d/50-hugepage-agent.conf")
+        .read_text())
+    ct.systemctl("daemon-reload")
+    ct.systemctl("start", "llama-server@big.service", check=False)
+    wait_for(lambda: ct.prop("llama-server@big.service", "ActiveState") == "failed"
+             or ct.prop("llama-server@big.service", "Result") != "success",
+             what=lambda: f"the strict unit to fail: {ct.journal('llama-server@big.service')}")
+    log = ct.journal("llama-server@big.service")
+    assert "strict mode" in log and "/srv/models/big.gguf" in log
+    ct.systemctl("stop", "llama-server@big.service", check=False)
+    ct.systemctl("reset-failed", "llama-server@big.service", check=False)
+
+
+def test_memory_block_offline_and_back_is_seen(ct: Container) -> None:
+    blocks = sorted(Path("/sys/devices/system/memory").glob("memory[0-9]*"),
+                    key=lambda p: int(p.name[6:]), reverse=True)
+    moved = None
+    for b in blocks[:40]:
+        state = b / "state"
+        if not (b / "removable").exists() or state.read_text().strip() != "online":
+            continue
+        try:
+            state.write_text("offline")
+            moved = b
+            break
+        except OSError:
+            continue
+    if moved is None:
+        pytest.skip("the kernel let no memory block go offline (EBUSY/EIO on each tried)")
+    try:
+        time.sleep(0.2)
+    finally:
+        (moved / "state").write_text("online")
+    wait_for(lambda: f"{moved.name}" in ct.journal("hugepage-agent.service")
+             and "memory event" in ct.journal("hugepage-agent.service"),
+             what="the daemon to see the memory event")
+    assert ct.prop("hugepage-agent.service", "ActiveState") == "active"
