@@ -107,7 +107,7 @@ def test_start_is_active_only_after_the_pool_is_reserved(ct: Container) -> None:
     reserved = log.find(f"pool {target} of {target}")
     started = log.find("Started")
     assert 0 <= reserved < started, log
-    assert f"met" in ct.prop("hugepage-agent.service", "StatusText")
+    assert "met" in ct.prop("hugepage-agent.service", "StatusText")
     sysctl = ct.path("/etc/sysctl.d/80-hugepage-agent.conf").read_text()
     assert f"vm.nr_hugepages = {target}" in sysctl
     assert "[never]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
