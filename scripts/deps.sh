@@ -21,6 +21,8 @@ PIP_PACKAGES=(
     "pytest>=7"
     "ruff>=0.6"
     "mypy>=1.10"
+    "gguf>=0.10"
+    "prometheus_client>=0.17"
 )
 
 need_apt=()

@@ -213,3 +213,30 @@ def test_host_write_atomic_keeps_old_file_on_failure(tmp_path: Path,
         host.write_atomic("/etc/x.conf", "two\n")
     assert (tmp_path / "etc/x.conf").read_text() == "one\n"
     assert sorted(p.name for p in (tmp_path / "etc").iterdir()) == ["x.conf"]
+
+
+def test_prometheus_metrics_match_the_state(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    root = tmp_path / "root"
+    make_tree(root, cmdline="transparent_hugepage=never")
+    (root / "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").write_text("7")
+    (root / "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages").write_text("5")
+    cfg = write_cfg(tmp_path, "[pool]\nsize = 10\n")
+    rc = main(["status", "--prometheus", "--root", str(root), "--config", str(cfg)])
+    text = capsys.readouterr().out
+    assert rc == 1
+    samples = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    pool = (("node", "all"), ("page_size_kb", "2048"))
+    assert samples[("hugepage_agent_pool_pages", (*pool, ("state", "total")))] == 7
+    assert samples[("hugepage_agent_pool_pages", (*pool, ("state", "free")))] == 5
+    assert samples[("hugepage_agent_pool_target_pages", pool)] == 10
+    assert samples[("hugepage_agent_pool_shortfall_pages", pool)] == 3
+    assert samples[("hugepage_agent_thp_mode", (("knob", "enabled"), ("mode", "madvise")))] == 1
+    assert samples[("hugepage_agent_thp_mode", (("knob", "enabled"), ("mode", "never")))] == 0
+    assert samples[("hugepage_agent_thp_cmdline_override", ())] == 1
+    assert samples[("hugepage_agent_degraded", ())] == 1

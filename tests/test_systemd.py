@@ -25,13 +25,15 @@ MIB = 1 << 20
 MODEL_SIZE = 300 * MIB + 4321
 NR = Path("/proc/sys/vm/nr_hugepages")
 CONFIG = "/etc/hugepage-agent/config.toml"
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 HOSTILE_ARGS = ["--port", "8080", "a b", 'quote"d', "it's", "50%", "%i", "$HOME", "${X}",
                 "back\\slash", "new\nline", ""]
 
 
 def config_text(models: list[tuple[str, list[str]]], extra: str = "") -> str:
     text = ('[pool]\nheadroom = 4\n[wrapper]\nmin_size = "64M"\n'
-            '[server]\nbinary = "/usr/local/bin/fakeserver"\n' + extra)
+            '[server]\nbinary = "/usr/local/bin/fakeserver"\n[metrics]\ninterval = "1s"\n'
+            + extra)
     for name, args in models:
         text += (f'\n[[model]]\nname = "{name}"\npath = "/srv/models/{name}.gguf"\n'
                  f"args = {json.dumps(args)}\n")
@@ -59,6 +61,7 @@ def ct(wrapper_build: Path) -> Iterator[Container]:
                 subprocess.run([str(MAPTOOL), "mkfile", str(models / f"{name}.gguf"),
                                 str(MODEL_SIZE)], check=True)
             c.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
+            c.path(TEXTFILE_DIR).mkdir(parents=True)
             c.boot()
             yield c
         finally:
@@ -143,6 +146,37 @@ def test_status_over_dbus_shows_the_unit(ct: Container) -> None:
     r = ct.run("busctl", "call", "net.hugepageagent.Agent1", "/net/hugepageagent/Agent1",
                "net.hugepageagent.Agent1", "Reload", user="65534", check=False)
     assert r.returncode != 0 and ("Access" in r.stderr or "denied" in r.stderr.lower())
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_daemon_writes_metrics_for_node_exporter(ct: Container) -> None:
+    prom = ct.path(f"{TEXTFILE_DIR}/hugepage_agent.prom")
+    model = (("model", "tiny"), ("unit", "llama-server@tiny.service"))
+
+    def covered() -> bool:
+        if not prom.exists():
+            return False
+        s = metric_samples(prom.read_text())
+        return s.get(("hugepage_agent_model_hugetlb_bytes", model), 0) >= MODEL_SIZE
+
+    wait_for(covered, what=lambda: f"metrics with the model in huge pages: "
+             f"{prom.read_text() if prom.exists() else 'no file'}")
+    s = metric_samples(prom.read_text())
+    pool = (("node", "all"), ("page_size_kb", "2048"))
+    assert s[("hugepage_agent_pool_pages", (*pool, ("state", "total")))] == read_int(NR)
+    assert s[("hugepage_agent_pool_target_pages", pool)] == pages(MODEL_SIZE) + 4
+    assert s[("hugepage_agent_pool_shortfall_pages", pool)] == 0
+    assert s[("hugepage_agent_model_bytes", model)] == MODEL_SIZE
+    assert s[("hugepage_agent_model_unit_active", model)] == 1
+    assert s[("hugepage_agent_thp_mode", (("knob", "enabled"), ("mode", "never")))] == 1
+    assert s[("hugepage_agent_reserve_rounds", ())] >= 1
+    assert not list(prom.parent.glob(".*")), "temporary files left behind"
 
 
 def test_hostile_arguments_reach_the_server_exactly(ct: Container) -> None:

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from hugepage_agent import __version__, config, execwrap, release, status, unitfiles
+from hugepage_agent import __version__, config, execwrap, metrics, release, status, unitfiles
 from hugepage_agent import apply as apply_mod
 from hugepage_agent.errors import AgentError, ConfigError, PermissionDenied
 from hugepage_agent.host import Host
@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
                        description="Show pools, THP, persistence and models. Readable by "
                                    "anyone. Exit 0 as configured, 1 degraded, 2 error.")
     s.add_argument("--json", action="store_true", help="machine-readable output (schema v1)")
+    s.add_argument("--prometheus", action="store_true",
+                   help="Prometheus text format (what the daemon writes for node_exporter)")
     e = sub.add_parser("exec", parents=[common], help="run a program with the wrapper preloaded",
                        description="Run CMD with the huge page wrapper preloaded and configured "
                                    "from [wrapper], for hosts or containers without systemd.")
@@ -142,7 +144,10 @@ def _cmd_status(args: argparse.Namespace, host: Host) -> int:
         except ConfigError as e:
             cfg_error = str(e)
         data = status.collect(host, cfg, cfg_error, systemd=_local_systemd(host))
-    print(json.dumps(data, indent=2) if args.json else status.render(data))
+    if args.prometheus:
+        print(metrics.render(data), end="")
+    else:
+        print(json.dumps(data, indent=2) if args.json else status.render(data))
     if data["config"]["error"] is not None:
         return EXIT_ERROR
     return EXIT_DEGRADED if data["degraded"] else EXIT_OK

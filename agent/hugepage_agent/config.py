@@ -29,6 +29,7 @@ MAIN_CONFIG = "/etc/hugepage-agent/config.toml"
 DROPIN_GLOB = "/etc/hugepage-agent/config.d/*.toml"
 DEFAULT_LIBRARY = "/usr/lib/hugepage-agent/libhugepage-wrapper.so"
 DEFAULT_SERVER = "/usr/local/bin/llama-server"
+DEFAULT_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 
 THP_MODES = ("always", "madvise", "never", "keep")
 DEFRAG_MODES = ("always", "defer", "defer+madvise", "madvise", "never", "keep")
@@ -79,6 +80,12 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    textfile_dir: str = DEFAULT_TEXTFILE_DIR  # empty: no metrics file
+    interval: float = 60.0
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     path: str
@@ -96,6 +103,7 @@ class Config:
     reserve: ReserveConfig = field(default_factory=ReserveConfig)
     wrapper: WrapperConfig = field(default_factory=WrapperConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     models: tuple[ModelConfig, ...] = ()
     origins: tuple[tuple[str, str], ...] = ()  # (key, file that set it last)
 
@@ -114,6 +122,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "wrapper": {"library": str, "min_size": (str, int), "page_size": str, "strict": bool,
                 "log": str, "threads": int},
     "server": {"binary": str},
+    "metrics": {"textfile_dir": str, "interval": (str, int, float)},
 }
 _MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "path": str, "args": list, "unit": str, "autostart": bool,
@@ -291,6 +300,16 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
     if not binary.startswith("/"):
         raise ConfigError(src("server.binary"), "server.binary", "must be an absolute path")
 
+    mt = raw.get("metrics", {})
+    textfile_dir = mt.get("textfile_dir", DEFAULT_TEXTFILE_DIR)
+    if textfile_dir and not textfile_dir.startswith("/"):
+        raise ConfigError(src("metrics.textfile_dir"), "metrics.textfile_dir",
+                          "must be an absolute path (or \"\" for no metrics file)")
+    interval = _field(src("metrics.interval"), "metrics.interval", units.parse_duration,
+                      mt.get("interval", "60s"))
+    if interval < 1:
+        raise ConfigError(src("metrics.interval"), "metrics.interval", "at least 1s")
+
     return Config(
         files=files,
         pool=PoolConfig(page_size=page_size, size=size, headroom=headroom, limit=limit,
@@ -300,6 +319,7 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
         wrapper=WrapperConfig(library=library, min_size=min_size, page_size=wpage,
                               strict=w.get("strict", False), log=wlog, threads=threads),
         server=ServerConfig(binary=binary),
+        metrics=MetricsConfig(textfile_dir=textfile_dir, interval=interval),
         models=tuple(_model(f, i, m) for f, i, m in models.values()),
         origins=tuple(sorted(origins.items())),
     )

@@ -13,7 +13,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from hugepage_agent import apply, config, models, status, unitfiles
+from hugepage_agent import apply, config, metrics, models, status, unitfiles
 from hugepage_agent.config import Config
 from hugepage_agent.errors import AgentError
 from hugepage_agent.execwrap import find_library
@@ -36,6 +36,7 @@ class Agent:
         self.on_change = on_change
         self.cfg: Config | None = None
         self.last: apply.ApplyReport | None = None
+        self._metrics_warned: set[str] = set()
 
     # -- the work -----------------------------------------------------------
     def start(self) -> apply.ApplyReport:
@@ -137,6 +138,22 @@ class Agent:
     def status(self) -> dict[str, Any]:
         return status.collect(self.host, self.cfg, systemd=self.systemd)
 
+    def write_metrics(self) -> None:
+        """Refresh the node_exporter textfile, if one is configured and its directory exists."""
+        directory = self.cfg.metrics.textfile_dir if self.cfg else ""
+        if not directory:
+            return
+        if not self.host.path(directory).is_dir():
+            if directory not in self._metrics_warned:
+                self._metrics_warned.add(directory)
+                log.info("metrics: %s does not exist; not writing metrics (install "
+                         "prometheus-node-exporter, or set [metrics] textfile_dir)", directory)
+            return
+        try:
+            metrics.write(self.host, directory, self.status())
+        except AgentError as e:
+            log.error("metrics: %s", e)
+
 
 def run(host: Host, config_path: str | None) -> int:
     from gi.repository import GLib
@@ -148,6 +165,7 @@ def run(host: Host, config_path: str | None) -> int:
     published: list[Any] = []
 
     def changed(what: str) -> None:
+        agent.write_metrics()
         if published:
             published[0].Changed(what)
 
@@ -191,6 +209,13 @@ def run(host: Host, config_path: str | None) -> int:
     GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGHUP, on_hup)
     GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGTERM, on_term)
     GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGINT, on_term)
+    def on_timer() -> bool:
+        agent.write_metrics()
+        return True
+
+    agent.write_metrics()
+    interval = agent.cfg.metrics.interval if agent.cfg else 60.0
+    GLib.timeout_add(int(interval * 1000), on_timer)
     notify(f"READY=1\nSTATUS={Agent.summary(report)}")
     loop.run()
     return 0

@@ -1,0 +1,89 @@
+"""Prometheus metrics in the text format, for node_exporter's textfile
+collector: rendered from the status data (pure), written atomically as
+<dir>/hugepage_agent.prom."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hugepage_agent.host import Host
+
+FILE_NAME = "hugepage_agent.prom"
+THP_MODES = ("always", "madvise", "never", "defer", "defer+madvise")
+
+
+def _escape(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(**labels: object) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return "{" + inner + "}"
+
+
+class _Out:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.seen: set[str] = set()
+
+    def metric(self, name: str, help_text: str, value: float, mtype: str = "gauge",
+               **labels: object) -> None:
+        full = f"hugepage_agent_{name}"
+        if full not in self.seen:
+            self.seen.add(full)
+            self.lines.append(f"# HELP {full} {help_text}")
+            self.lines.append(f"# TYPE {full} {mtype}")
+        number = int(value) if float(value).is_integer() else float(value)
+        self.lines.append(f"{full}{_labels(**labels)} {number!r}")
+
+
+def render(data: dict[str, Any]) -> str:
+    out = _Out()
+    for p in data["pools"]:
+        node = "all" if p["node"] is None else str(p["node"])
+        for state in ("total", "free", "reserved", "surplus"):
+            if p[state] is not None:
+                out.metric("pool_pages", "Huge pages in the pool, by page size, node and state",
+                           p[state], page_size_kb=p["page_size_kb"], node=node, state=state)
+    for p in data["pools"]:
+        if p["target"] is not None:
+            node = "all" if p["node"] is None else str(p["node"])
+            out.metric("pool_target_pages", "Configured target of the pool", p["target"],
+                       page_size_kb=p["page_size_kb"], node=node)
+            out.metric("pool_shortfall_pages", "Pages the pool is short of its target",
+                       p["shortfall"], page_size_kb=p["page_size_kb"], node=node)
+    la = data.get("last_apply") or {}
+    if la:
+        out.metric("reserve_rounds", "Rounds of the last reservation", la.get("rounds", 0))
+        out.metric("reserve_duration_seconds", "Duration of the last reservation",
+                   la.get("seconds", 0))
+        out.metric("reserve_timestamp_seconds", "When the last reservation ran",
+                   la.get("time", 0))
+    thp = data["thp"]
+    for knob in ("enabled", "defrag"):
+        if thp[knob] is not None:
+            for mode in THP_MODES:
+                if knob == "enabled" and mode.startswith("defer"):
+                    continue
+                out.metric("thp_mode", "Transparent Huge Pages mode (1 for the current one)",
+                           1 if thp[knob] == mode else 0, knob=knob, mode=mode)
+    out.metric("thp_cmdline_override", "1 when the kernel command line sets THP",
+               1 if thp["cmdline"] is not None else 0)
+    for m in data["models"]:
+        lab = {"model": m["name"], "unit": m["unit"]}
+        out.metric("model_bytes", "Size of the model file", m["model_bytes"], **lab)
+        if m["hugetlb_bytes"] is not None:
+            out.metric("model_hugetlb_bytes", "Bytes of the model file held in huge pages",
+                       m["hugetlb_bytes"], **lab)
+        out.metric("model_unit_active", "1 when the model's unit is active",
+                   1 if m["active"] else 0, **lab)
+    out.metric("degraded", "1 when the host is not as configured", 1 if data["degraded"] else 0)
+    return "\n".join(out.lines) + "\n"
+
+
+def write(host: Host, directory: str, data: dict[str, Any]) -> str:
+    path = f"{directory.rstrip('/')}/{FILE_NAME}"
+    host.write_atomic(path, render(data))
+    return path

