@@ -16,6 +16,8 @@ APT_PACKAGES=(
     python3-gi python3-pydbus python3-pyudev
     libhugetlbfs-bin
     debootstrap systemd-container
+    debhelper dpkg-dev fakeroot lintian rpm
+    cmake curl
 )
 PIP_PACKAGES=(
     "pytest>=7"

@@ -7,9 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DESTDIR="${1:-${DESTDIR:-/}}"
-PYDIR="$DESTDIR/usr/lib/python3/dist-packages"
+UNITDIR="${UNITDIR:-$DESTDIR/usr/lib/systemd/system}"  # Debian 12's debhelper: /lib/...
+PYDIR="${PYDIR:-$DESTDIR/usr/lib/python3/dist-packages}"  # RPM: its python3_sitelib
 make -s -C wrapper_c lib
-install -d "$PYDIR/hugepage_agent" "$DESTDIR/usr/bin" "$DESTDIR/usr/lib/systemd/system" \
+install -d "$PYDIR/hugepage_agent" "$DESTDIR/usr/bin" "$UNITDIR" \
     "$DESTDIR/usr/share/dbus-1/system.d" "$DESTDIR/etc/hugepage-agent/config.d" \
     "$DESTDIR/usr/share/doc/hugepage-agent"
 install -m 0644 agent/hugepage_agent/*.py "$PYDIR/hugepage_agent/"
@@ -25,8 +26,7 @@ chmod 0755 "$DESTDIR/usr/bin/hugepage-agent.tmp"
 mv "$DESTDIR/usr/bin/hugepage-agent.tmp" "$DESTDIR/usr/bin/hugepage-agent"
 install -D -m 0644 wrapper_c/build/libhugepage-wrapper.so \
     "$DESTDIR/usr/lib/hugepage-agent/libhugepage-wrapper.so"
-install -m 0644 systemd/hugepage-agent.service systemd/llama-server@.service \
-    "$DESTDIR/usr/lib/systemd/system/"
+install -m 0644 systemd/hugepage-agent.service systemd/llama-server@.service "$UNITDIR/"
 install -m 0644 systemd/net.hugepageagent.Agent1.conf "$DESTDIR/usr/share/dbus-1/system.d/"
 install -m 0644 README.md config/example.toml "$DESTDIR/usr/share/doc/hugepage-agent/"
 [[ -e "$DESTDIR/etc/hugepage-agent/config.toml" ]] || \

@@ -49,7 +49,8 @@ class Container:
         self.leader = 0
 
     # -- set-up ---------------------------------------------------------------
-    def prepare(self) -> None:
+    def prepare(self, install: bool = True) -> None:
+        """Unpack the root file system; with install, put the project in it."""
         self.root.mkdir()
         subprocess.run(["tar", "-C", str(self.root), "-xf", str(rootfs_tarball())], check=True)
         units = self.root / "etc/systemd/system"
@@ -59,8 +60,9 @@ class Container:
             p.unlink(missing_ok=True)
             p.symlink_to("/dev/null")
         (self.root / "etc/hostname").write_text(self.name + "\n")
-        subprocess.run(["bash", str(REPO / "scripts" / "install-files.sh"), str(self.root)],
-                       check=True)
+        if install:
+            subprocess.run(["bash", str(REPO / "scripts" / "install-files.sh"),
+                            str(self.root)], check=True)
         build = REPO / "wrapper_c" / "build" / "tests"
         for tool in ("fakeserver", "maptool"):
             shutil.copy2(build / tool, self.root / "usr/local/bin" / tool)

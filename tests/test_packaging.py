@@ -1,0 +1,130 @@
+"""Packaging: the Debian package (lintian clean) installed with apt into a
+clean container with a real systemd, used as an operator would, and purged;
+and the RPM built from the same tree."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IS_ROOT, MAPTOOL, REPO, saved_kernel_state, set_pool
+from tests.container import Container, ContainerError
+
+pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: builds packages, boots nspawn")
+VERSION = next(line.split('"')[1] for line in
+               (REPO / "agent/hugepage_agent/__init__.py").read_text().splitlines()
+               if line.startswith("__version__"))
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    for script in ("build-deb.sh", "build-rpm.sh"):
+        r = subprocess.run(["bash", str(REPO / "packaging" / script), str(out)],
+                           capture_output=True, text=True, check=False)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_one_version_everywhere(dist: Path) -> None:
+    deb = next(dist.glob("*.deb"))
+    rpm = next(dist.glob("*.rpm"))
+    assert deb.name == f"hugepage-agent_{VERSION}_amd64.deb"
+    assert rpm.name.startswith(f"hugepage-agent-{VERSION}-1.")
+    r = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True,
+                       check=True)
+    assert r.stdout.strip() == VERSION
+
+
+def test_deb_is_lintian_clean(dist: Path) -> None:
+    r = subprocess.run(["lintian", "--fail-on", "error", str(next(dist.glob("*.deb")))],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and not any(line.startswith("E:") for line in r.stdout.splitlines())
+
+
+def test_rpm_contents(dist: Path) -> None:
+    r = subprocess.run(["rpm", "-qpl", str(next(dist.glob("*.rpm")))], capture_output=True,
+                       text=True, check=True)
+    files = r.stdout.split()
+    for f in ("/usr/bin/hugepage-agent", "/usr/lib/hugepage-agent/libhugepage-wrapper.so",
+              "/usr/lib/systemd/system/hugepage-agent.service",
+              "/usr/lib/systemd/system/llama-server@.service",
+              "/usr/share/dbus-1/system.d/net.hugepageagent.Agent1.conf",
+              "/etc/hugepage-agent/config.toml"):
+        assert f in files
+    conf = subprocess.run(["rpm", "-qpc", str(next(dist.glob("*.rpm")))], capture_output=True,
+                          text=True, check=True).stdout.split()
+    assert conf == ["/etc/hugepage-agent/config.toml"]
+
+
+@pytest.fixture(scope="module")
+def clean_ct(dist: Path, wrapper_build: Path) -> Iterator[Container]:
+    with saved_kernel_state():
+        set_pool(2048, 0)
+        c = Container("hpa-pkg")
+        try:
+            c.prepare(install=False)
+            for deb in dist.glob("*.deb"):
+                (c.root / "root" / deb.name).write_bytes(deb.read_bytes())
+            (c.root / "srv/models").mkdir(parents=True)
+            subprocess.run([str(MAPTOOL), "mkfile", str(c.root / "srv/models/m.gguf"),
+                            str(200 << 20)], check=True)
+            c.boot()
+            yield c
+        finally:
+            with contextlib.suppress(ContainerError):
+                c.run("systemctl", "stop", "llama-server@m.service", check=False)
+            c.stop()
+
+
+def test_install_use_and_purge_like_an_operator(clean_ct: Container) -> None:
+    ct = clean_ct
+    deb = f"/root/hugepage-agent_{VERSION}_amd64.deb"
+    r = ct.run("apt-get", "install", "-y", "--no-install-recommends", deb, check=False,
+               timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert ct.path("/etc/hugepage-agent/config.toml").exists()
+    ct.systemctl("enable", "--now", "hugepage-agent.service")
+    assert ct.prop("hugepage-agent.service", "ActiveState") == "active"
+    assert ct.prop("hugepage-agent.service", "UnitFileState") == "enabled"
+    s = ct.run("hugepage-agent", "status", check=False)
+    assert "2M" in s.stdout and "THP" in s.stdout, s.stdout + s.stderr
+
+    # serve a model: configuration, reload, the unit runs with the wrapper
+    ct.path("/etc/hugepage-agent/config.d/50-model.toml").write_text(
+        '[wrapper]\nmin_size = "64M"\n[server]\nbinary = "/usr/local/bin/fakeserver"\n'
+        '[[model]]\nname = "m"\npath = "/srv/models/m.gguf"\nargs = ["--port", "8080"]\n')
+    ct.systemctl("reload", "hugepage-agent.service")
+    deadline = time.monotonic() + 30
+    pid = 0
+    while time.monotonic() < deadline and not pid:
+        pid = int(ct.prop("llama-server@m.service", "MainPID") or 0)
+        time.sleep(0.2)
+    assert pid, ct.journal("llama-server@m.service")
+    env = ct.proc(pid, "environ").read_bytes().split(b"\0")
+    assert b"LD_PRELOAD=/usr/lib/hugepage-agent/libhugepage-wrapper.so" in env
+    data = json.loads(ct.run("hugepage-agent", "status", "--json", check=False).stdout)
+    assert [m["unit"] for m in data["models"]] == ["llama-server@m.service"]
+
+    # purge removes what the package and the agent wrote; the pool stays until reboot
+    ct.systemctl("stop", "llama-server@m.service")
+    pool_before = Path("/proc/sys/vm/nr_hugepages").read_text()
+    r = ct.run("apt-get", "purge", "-y", "hugepage-agent", check=False, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for gone in ("/usr/bin/hugepage-agent", "/usr/lib/hugepage-agent",
+                 "/etc/hugepage-agent/config.toml",
+                 "/lib/systemd/system/hugepage-agent.service",
+                 "/etc/systemd/system/llama-server@m.service.d",
+                 "/etc/sysctl.d/80-hugepage-agent.conf", "/var/lib/hugepage-agent",
+                 "/usr/lib/python3/dist-packages/hugepage_agent"):
+        assert not ct.path(gone).exists(), f"{gone} left after purge"
+    # the operator's own file stays, as dpkg leaves files it did not install
+    assert [p.name for p in ct.path("/etc/hugepage-agent").rglob("*") if p.is_file()] == \
+        ["50-model.toml"]
+    assert Path("/proc/sys/vm/nr_hugepages").read_text() == pool_before
