@@ -65,3 +65,22 @@ def read_coverage(host: Host, pid: int, model_path: str) -> Coverage | None:
     except Exception:
         return None
     return parse_smaps(text, model_path) if text is not None else None
+
+
+def pids_holding(host: Host, model_path: str) -> list[int]:
+    """Processes that map this model, those holding the huge page copy first
+    (for hosts without systemd, or programs started with `hugepage-agent
+    exec`). Only the processes whose maps the caller may read are seen."""
+    copy = f"{MEMFD_PREFIX}{model_path} (deleted)\n"
+    plain = f" {model_path}\n"  # a fallback maps the file itself
+    copies, plains = [], []
+    for p in host.glob("/proc/[0-9]*/maps"):
+        try:
+            text = host.read_optional(p)
+        except Exception:
+            continue
+        if text and copy in text:
+            copies.append(int(p.split("/")[2]))
+        elif text and plain in text:
+            plains.append(int(p.split("/")[2]))
+    return sorted(copies) + sorted(plains)

@@ -50,24 +50,34 @@ def _model_entry(host: Host, m: ModelConfig, systemd: Systemd | None,
         "page_size_kb": None, "wrapper_loaded": None, "file_pmd_bytes": None,
         "verdict": "unknown",
     }
-    if systemd is None:
-        entry["verdict"] = "unknown: systemd not reachable"
+    pid = 0
+    if systemd is not None:
+        try:
+            st = systemd.state(unit)
+            entry.update(active=st.active_state == "active",
+                         state=f"{st.active_state}/{st.sub_state}", pid=st.main_pid or None)
+            pid = st.main_pid
+        except SystemdError as e:
+            entry["verdict"] = f"unknown: {e}"
+    if not pid:
+        # no unit running it (or no systemd): a process started another way, e.g. exec
+        holders = coverage.pids_holding(host, m.path)
+        if holders:
+            pid = holders[0]
+            entry["pid"] = pid
+            if systemd is None:
+                entry.update(active=True, state="running (not a unit)")
+    if not pid:
+        if systemd is None:
+            entry["verdict"] = "unknown: systemd not reachable, no process holds the model"
+        elif entry["verdict"] == "unknown":
+            entry["verdict"] = "not running"
+            if m.autostart:
+                problems.append(f"model {m.name}: {unit} is {entry['state']}")
         return entry
-    try:
-        st = systemd.state(unit)
-    except SystemdError as e:
-        entry["verdict"] = f"unknown: {e}"
-        return entry
-    entry.update(active=st.active_state == "active", state=f"{st.active_state}/{st.sub_state}",
-                 pid=st.main_pid or None)
-    if not st.main_pid:
-        entry["verdict"] = "not running"
-        if m.autostart:
-            problems.append(f"model {m.name}: {unit} is {st.active_state}")
-        return entry
-    cov = coverage.read_coverage(host, st.main_pid, m.path)
+    cov = coverage.read_coverage(host, pid, m.path)
     if cov is None:
-        entry["verdict"] = f"unknown: cannot read /proc/{st.main_pid}/smaps (run as root)"
+        entry["verdict"] = f"unknown: cannot read /proc/{pid}/smaps (run as root)"
         return entry
     share = cov.hugetlb_bytes / m.size if m.size else 1.0
     entry.update(hugetlb_bytes=cov.hugetlb_bytes, coverage=round(min(share, 1.0), 4),
