@@ -51,3 +51,6 @@ fi
 
 # The Debian root file system that the tests boot a real systemd in.
 bash "$(dirname "$0")/rootfs.sh" >/dev/null
+
+# llama.cpp's llama-server and llama-bench for the end-to-end tests (cached).
+bash "$(dirname "$0")/llama.sh" >/dev/null

@@ -11,7 +11,7 @@ if [[ $EUID -ne 0 ]]; then
     exit 2
 fi
 need=()
-for p in build-essential make python3 python3-gi python3-pydbus python3-pyudev; do
+for p in make gcc libc6-dev python3 python3-gi python3-pydbus python3-pyudev; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if ((${#need[@]})); then

@@ -3,8 +3,8 @@
 # systemd in, and caches it as a tarball outside the repo. Prints its path.
 set -euo pipefail
 CACHE="${HUGEPAGE_AGENT_CACHE:-$HOME/.cache/hugepage-agent}"
-VERSION=2  # bump when the package list changes
-INCLUDE=libgomp1,libstdc++6,systemd,systemd-sysv,dbus,python3,python3-pydbus,python3-gi,python3-pyudev,procps,apt
+VERSION=3  # bump when the package list changes
+INCLUDE=make,gcc,libc6-dev,libgomp1,libstdc++6,systemd,systemd-sysv,dbus,python3,python3-pydbus,python3-gi,python3-pyudev,procps,apt
 TARBALL="$CACHE/rootfs-bookworm-v$VERSION.tar"
 if [[ -s "$TARBALL" ]]; then
     echo "$TARBALL"

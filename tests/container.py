@@ -24,7 +24,7 @@ MASK = ("systemd-udevd.service", "systemd-udevd-control.socket", "systemd-udevd-
         "apt-daily.timer", "apt-daily-upgrade.timer", "getty@tty1.service",
         "systemd-firstboot.service")
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
-PATH = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class ContainerError(RuntimeError):

@@ -240,3 +240,30 @@ def test_prometheus_metrics_match_the_state(tmp_path: Path,
     assert samples[("hugepage_agent_thp_mode", (("knob", "enabled"), ("mode", "never")))] == 0
     assert samples[("hugepage_agent_thp_cmdline_override", ())] == 1
     assert samples[("hugepage_agent_degraded", ())] == 1
+
+
+SMAPS = """\
+7f0000000000-7f0040000000 {perm} 00000000 00:0f 1234   /memfd:hugepage-wrapper:/m/a.gguf (deleted)
+Size:            1048576 kB
+KernelPageSize:     2048 kB
+Shared_Hugetlb:  {huge} kB
+Private_Hugetlb:       0 kB
+7f1000000000-7f1000100000 r--s 00000000 fd:00 99   /m/b.gguf
+Size:               1024 kB
+Rss:                1024 kB
+FilePmdMapped:         0 kB
+7f2000000000-7f2000010000 r-xp 00000000 fd:00 7    /usr/lib/hugepage-agent/libhugepage-wrapper.so
+Size:                 64 kB
+"""
+
+
+def test_parse_smaps_attributes_huge_pages_to_the_model() -> None:
+    from hugepage_agent.coverage import parse_smaps
+
+    done = parse_smaps(SMAPS.format(perm="r--s", huge=1048576), "/m/a.gguf")
+    assert (done.hugetlb_bytes, done.page_size_kb, done.wrapper_loaded, done.filling) == \
+        (1 << 30, 2048, True, False)
+    loading = parse_smaps(SMAPS.format(perm="rw-s", huge=4096), "/m/a.gguf")
+    assert loading.filling and loading.hugetlb_bytes == 4096 * 1024
+    other = parse_smaps(SMAPS.format(perm="r--s", huge=1048576), "/m/b.gguf")
+    assert other.hugetlb_bytes == 0 and other.file_mapped_bytes == 1 << 20

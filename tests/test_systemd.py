@@ -199,9 +199,9 @@ def test_reload_with_a_broken_config_keeps_the_daemon_running(ct: Container) -> 
     pid = main_pid(ct, "hugepage-agent.service")
     ct.path(CONFIG).write_text(good + "\n[pool]\nsize = \"lots\"\n")
     try:
-        ct.systemctl("reload", "hugepage-agent.service")
-        wait_for(lambda: "keeping the previous configuration" in
-                 ct.journal("hugepage-agent.service"), what="the reload error")
+        r = ct.systemctl("reload", "hugepage-agent.service", check=False)
+        assert r.returncode != 0  # the operator is told at once
+        assert "keeping the previous configuration" in ct.journal("hugepage-agent.service")
         assert ct.prop("hugepage-agent.service", "ActiveState") == "active"
         assert main_pid(ct, "hugepage-agent.service") == pid
         log = ct.journal("hugepage-agent.service")
@@ -222,6 +222,15 @@ def test_removing_a_model_removes_its_dropin_and_stops_it(ct: Container) -> None
              what="the removed model to stop")
 
 
+def test_sighup_reloads_too(ct: Container) -> None:
+    pid = main_pid(ct, "hugepage-agent.service")
+    before = ct.journal("hugepage-agent.service").count("reloaded:")
+    ct.run("kill", "-HUP", str(pid))
+    wait_for(lambda: ct.journal("hugepage-agent.service").count("reloaded:") > before,
+             what="the SIGHUP reload")
+    assert main_pid(ct, "hugepage-agent.service") == pid
+
+
 def test_stop_leaves_the_pool_and_thp(ct: Container) -> None:
     before = read_int(NR)
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
@@ -232,27 +241,37 @@ def test_stop_leaves_the_pool_and_thp(ct: Container) -> None:
     ct.systemctl("start", "hugepage-agent.service")
 
 
-def test_strict_mode_with_a_short_pool_fails_the_unit(ct: Container) -> None:
-    ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]).replace(
-        '[wrapper]\n', '[wrapper]\nstrict = true\n'))
+def test_short_pool_strict_fails_the_unit_and_fallback_is_reported(ct: Container) -> None:
+    # a pool sized for tiny only, and a second model started by hand
+    sized = f"[pool]\nsize = {pages(MODEL_SIZE) + 4}\n"
+    both = config_text([("tiny", ["--port", "8080"]), ("big", [])]).replace(
+        "[pool]\nheadroom = 4\n", sized).replace(
+        'name = "big"\n', 'name = "big"\nautostart = false\n')
+    ct.path(CONFIG).write_text(both.replace("[wrapper]\n", "[wrapper]\nstrict = true\n"))
     ct.systemctl("reload", "hugepage-agent.service")
-    # a model the pool was not sized for: started by hand, it cannot be served
-    ct.path("/var/lib/hugepage-agent/models/big.json").write_text(json.dumps(
-        {"generated_by": "test", "name": "big", "binary": "/usr/local/bin/fakeserver",
-         "model": "/srv/models/big.gguf", "args": []}))
-    ct.path("/etc/systemd/system/llama-server@big.service.d").mkdir(exist_ok=True)
-    ct.path("/etc/systemd/system/llama-server@big.service.d/50-hugepage-agent.conf").write_text(
-        ct.path("/etc/systemd/system/llama-server@tiny.service.d/50-hugepage-agent.conf")
-        .read_text())
-    ct.systemctl("daemon-reload")
-    ct.systemctl("start", "llama-server@big.service", check=False)
-    wait_for(lambda: ct.prop("llama-server@big.service", "ActiveState") == "failed"
-             or ct.prop("llama-server@big.service", "Result") != "success",
-             what=lambda: f"the strict unit to fail: {ct.journal('llama-server@big.service')}")
-    log = ct.journal("llama-server@big.service")
+    unit = "llama-server@big.service"
+    ct.systemctl("start", unit, check=False)
+    wait_for(lambda: ct.prop(unit, "Result") != "success",
+             what=lambda: f"the strict unit to fail: {ct.journal(unit)}")
+    log = ct.journal(unit)
     assert "strict mode" in log and "/srv/models/big.gguf" in log
-    ct.systemctl("stop", "llama-server@big.service", check=False)
-    ct.systemctl("reset-failed", "llama-server@big.service", check=False)
+    ct.systemctl("stop", unit, check=False)
+    ct.systemctl("reset-failed", unit, check=False)
+
+    # without strict mode the server starts on the file mapping, and status says why
+    ct.path(CONFIG).write_text(both)
+    ct.systemctl("reload", "hugepage-agent.service")
+    ct.systemctl("start", unit)
+    wait_for(lambda: main_pid(ct, unit) > 0, what="the fallback server")
+    r = ct.run("hugepage-agent", "status", "--json", check=False)
+    big = next(m for m in json.loads(r.stdout)["models"] if m["name"] == "big")
+    assert r.returncode == 1
+    assert big["hugetlb_bytes"] == 0 and big["wrapper_loaded"] is True
+    assert big["verdict"].startswith("fell back to the file mapping (huge page pool short: "
+                                     f"need {pages(MODEL_SIZE)} x 2 MiB pages"), big
+    ct.systemctl("stop", unit)
+    ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
+    ct.systemctl("reload", "hugepage-agent.service")
 
 
 def test_memory_block_offline_and_back_is_seen(ct: Container) -> None:

@@ -8,7 +8,9 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from hugepage_agent import __version__, config, execwrap, metrics, release, status, unitfiles
 from hugepage_agent import apply as apply_mod
@@ -35,6 +37,9 @@ commands:
   exec     run a program with the huge page wrapper preloaded
   daemon   what hugepage-agent.service runs: apply, write the model units'
            drop-ins, start the models, then serve D-Bus and watch memory events
+  reload   make the running daemon re-read its configuration (systemctl reload
+           runs this); exit 2 when the new configuration is invalid and the
+           daemon goes on with the old one
   release  give the pool back to the kernel and remove the persisted size
   run-model NAME
            what llama-server@NAME.service runs: exec llama-server with the
@@ -81,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                        description="Show pools, THP, persistence and models. Readable by "
                                    "anyone. Exit 0 as configured, 1 degraded, 2 error.")
     s.add_argument("--json", action="store_true", help="machine-readable output (schema v1)")
+    s.add_argument("--wait", type=float, metavar="SECONDS", default=0,
+                   help="wait up to SECONDS for the host to be as configured (models still "
+                        "loading, say) before reporting")
     s.add_argument("--prometheus", action="store_true",
                    help="Prometheus text format (what the daemon writes for node_exporter)")
     e = sub.add_parser("exec", parents=[common], help="run a program with the wrapper preloaded",
@@ -93,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "models marked autostart, notify systemd, then serve "
                                    "D-Bus and react to memory events, SIGHUP (reload) and "
                                    "SIGTERM (exit, leaving the pool as it is).")
+    sub.add_parser("reload", parents=[common], help="make the daemon re-read its configuration",
+                   description="Ask the running daemon (over D-Bus) to re-read its "
+                               "configuration, and wait for the result. Needs root.")
     sub.add_parser("release", parents=[common], help="give the pool back to the kernel",
                        description="Set the configured pool to zero (never below the pages "
                                    "in use) and remove the persisted pool size. Needs root.")
@@ -130,20 +141,28 @@ def _local_systemd(host: Host) -> Systemd | None:
         return None
 
 
-def _cmd_status(args: argparse.Namespace, host: Host) -> int:
-    data = None
+def _collect_status(args: argparse.Namespace, host: Host) -> dict[str, Any]:
     if host.is_real and args.config is None:
         from hugepage_agent.dbus_service import call_status
 
         data = call_status()  # the daemon's view, when it runs
-    if data is None:
-        cfg = None
-        cfg_error = None
-        try:
-            cfg = config.load(host, args.config)
-        except ConfigError as e:
-            cfg_error = str(e)
-        data = status.collect(host, cfg, cfg_error, systemd=_local_systemd(host))
+        if data is not None:
+            return data
+    cfg = None
+    cfg_error = None
+    try:
+        cfg = config.load(host, args.config)
+    except ConfigError as e:
+        cfg_error = str(e)
+    return status.collect(host, cfg, cfg_error, systemd=_local_systemd(host))
+
+
+def _cmd_status(args: argparse.Namespace, host: Host) -> int:
+    deadline = time.monotonic() + max(0.0, args.wait)
+    data = _collect_status(args, host)
+    while data["degraded"] and data["config"]["error"] is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        data = _collect_status(args, host)
     if args.prometheus:
         print(metrics.render(data), end="")
     else:
@@ -166,6 +185,17 @@ def _cmd_daemon(args: argparse.Namespace, host: Host) -> int:
     from hugepage_agent import daemon
 
     return daemon.run(host, args.config)
+
+
+def _cmd_reload(args: argparse.Namespace, host: Host) -> int:
+    _require_root(host, "reload")
+    from hugepage_agent.dbus_service import call_reload
+
+    ok, message = call_reload()
+    if not ok:
+        return die(f"reload refused, the daemon keeps its previous configuration: {message}")
+    print(message)
+    return EXIT_OK
 
 
 def _cmd_release(args: argparse.Namespace, host: Host) -> int:
@@ -199,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     host = Host(args.root)
     handlers = {"apply": _cmd_apply, "status": _cmd_status, "exec": _cmd_exec,
-                "daemon": _cmd_daemon, "release": _cmd_release, "run-model": _cmd_run_model}
+                "daemon": _cmd_daemon, "reload": _cmd_reload, "release": _cmd_release,
+                "run-model": _cmd_run_model}
     try:
         return handlers[args.command](args, host)
     except AgentError as e:

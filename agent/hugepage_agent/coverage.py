@@ -22,12 +22,14 @@ class Coverage:
     file_mapped_bytes: int  # the file mapped directly (fallback or no wrapper)
     file_pmd_bytes: int
     wrapper_loaded: bool
+    filling: bool  # the copy is still being written (the wrapper makes it read-only after)
 
 
 def parse_smaps(text: str, model_path: str) -> Coverage:
     hugetlb = file_rss = pmd = 0
     page_kb: int | None = None
     wrapper = False
+    filling = False
     target = None  # "memfd" | "file" | None for the current mapping
     want_memfd = f"{MEMFD_PREFIX}{model_path}"
     for line in text.splitlines():
@@ -39,6 +41,8 @@ def parse_smaps(text: str, model_path: str) -> Coverage:
             if name.endswith(LIBRARY_NAME):
                 wrapper = True
             target = "memfd" if name == want_memfd else "file" if name == model_path else None
+            if target == "memfd" and "w" in head[1]:
+                filling = True
             continue
         if target is None:
             continue
@@ -55,7 +59,7 @@ def parse_smaps(text: str, model_path: str) -> Coverage:
             file_rss += kb * 1024
         elif target == "file" and key == "FilePmdMapped":
             pmd += kb * 1024
-    return Coverage(hugetlb, page_kb, file_rss, pmd, wrapper)
+    return Coverage(hugetlb, page_kb, file_rss, pmd, wrapper, filling)
 
 
 def read_coverage(host: Host, pid: int, model_path: str) -> Coverage | None:

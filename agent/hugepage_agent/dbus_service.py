@@ -16,6 +16,7 @@ except ImportError:  # status falls back to reading the host directly
 BUS_NAME = "net.hugepageagent.Agent1"
 OBJECT_PATH = "/net/hugepageagent/Agent1"
 INTERFACE = BUS_NAME
+RELOAD_TIMEOUT = 600  # seconds: a reload may compact and retry for reserve.timeout
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +88,19 @@ def call_status(address: str | None = None) -> dict[str, Any] | None:
     except Exception:
         return None
     return data if isinstance(data, dict) else None
+
+
+def call_reload(address: str | None = None) -> tuple[bool, str]:
+    """Ask the running daemon to reload; raises AgentError when it cannot be asked."""
+    from hugepage_agent.errors import AgentError
+
+    try:
+        import pydbus
+
+        bus = pydbus.connect(address) if address else pydbus.SystemBus()
+        ok, message = bus.get(BUS_NAME, OBJECT_PATH).Reload(timeout=RELOAD_TIMEOUT)
+    except ImportError as e:
+        raise AgentError("pydbus is not installed (Debian: python3-pydbus)") from e
+    except Exception as e:
+        raise AgentError(f"the daemon did not answer Reload(): {e}") from e
+    return bool(ok), str(message)

@@ -9,7 +9,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hugepage_agent import __version__, apply, coverage, persist, pools, thp, unitfiles, units
+from hugepage_agent import (
+    __version__,
+    apply,
+    coverage,
+    journal,
+    persist,
+    pools,
+    thp,
+    unitfiles,
+    units,
+)
 from hugepage_agent.config import Config, ModelConfig
 from hugepage_agent.errors import AgentError
 from hugepage_agent.host import Host
@@ -85,10 +95,19 @@ def _model_entry(host: Host, m: ModelConfig, systemd: Systemd | None,
                  file_pmd_bytes=cov.file_pmd_bytes)
     if not cov.wrapper_loaded:
         entry["verdict"] = "wrapper not loaded"
+    elif cov.filling:
+        entry["verdict"] = "loading into huge pages"
     elif share >= 0.99:
         entry["verdict"] = "loaded"
     elif cov.file_mapped_bytes:
         entry["verdict"] = "fell back to the file mapping"
+        reason = journal.fallback_reason(
+            journal.wrapper_lines(pid, unit if entry["state"] else None), m.path) \
+            if host.is_real else None
+        if reason:
+            entry["verdict"] += f" ({reason})"
+    elif cov.hugetlb_bytes:
+        entry["verdict"] = "loading into huge pages"
     else:
         entry["verdict"] = "model not mapped yet"
     if entry["verdict"] != "loaded":

@@ -1,0 +1,81 @@
+"""The README's commands, run as written: its set-up command on a clean Debian
+root with a real systemd (the test command is what CI runs), then every other
+shell block in order, with a stand-in llama-server and model."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IS_ROOT, REPO, saved_kernel_state, set_pool
+from tests.container import Container, ContainerError
+
+pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: boots systemd-nspawn")
+README = REPO / "README.md"
+SRC = "/root/hugepage-agent"
+
+
+def sh_blocks() -> list[str]:
+    return re.findall(r"^```sh\n(.*?)^```", README.read_text(), flags=re.M | re.S)
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    first = sh_blocks()[0].split("\n")
+    assert first[:2] == ["sudo ./scripts/install.sh", "sudo ./scripts/test.sh"]
+    text = README.read_text()
+    assert text.index("```sh") < text.index("## How it works")
+    ci = (REPO / ".ci/run").read_text()
+    assert "./scripts/test.sh" in ci  # CI runs the README's test command
+
+
+@pytest.fixture(scope="module")
+def host(wrapper_build: Path) -> Iterator[Container]:
+    with saved_kernel_state():
+        set_pool(2048, 0)
+        c = Container("hpa-readme")
+        try:
+            c.prepare(install=False)
+            files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                                   capture_output=True, text=True, check=True).stdout.split()
+            for f in files:
+                src = REPO / f
+                if src.is_file():
+                    dst = c.path(f"{SRC}/{f}")
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    dst.write_bytes(src.read_bytes())
+                    dst.chmod(src.stat().st_mode & 0o777)
+            sudo = c.path("/usr/local/bin/sudo")
+            sudo.write_text('#!/bin/sh\nexec "$@"\n')
+            sudo.chmod(0o755)
+            (c.path("/usr/local/bin/fakeserver")).rename(c.path("/usr/local/bin/llama-server"))
+            model = c.path("/srv/models/qwen3-30b.gguf")
+            model.parent.mkdir(parents=True)
+            with open(model, "wb") as f:
+                f.truncate(1100 << 20)  # sparse: reads as zeros
+            c.boot()
+            yield c
+        finally:
+            with contextlib.suppress(ContainerError):
+                c.run("systemctl", "stop", "llama-server@qwen3-30b.service", check=False)
+            c.stop()
+
+
+def test_readme_commands_run_as_written(host: Container) -> None:
+    r = host.run("sh", "-c", f"cd {SRC} && sudo ./scripts/install.sh", check=False, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "POOL" in r.stdout and "THP" in r.stdout
+    assert host.prop("hugepage-agent.service", "ActiveState") == "active"
+    outputs = []
+    for block in sh_blocks()[1:]:
+        r = host.run("bash", "-euo", "pipefail", "-c", f"cd /root\n{block}", check=False)
+        assert r.returncode == 0, f"README block failed:\n{block}\n{r.stdout}\n{r.stderr}"
+        outputs.append(r.stdout)
+    served = next(o for o in outputs if "llama-server@qwen3-30b" in o)
+    assert re.search(r"qwen3-30b\s+llama-server@qwen3-30b\.service\s+active/running", served)
+    assert re.search(r"1\.07 GiB\s+1\.07 GiB\s+100\.0%\s+2M\s+yes\s+loaded", served), served
+    assert "OK: as configured" in served
