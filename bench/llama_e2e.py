@@ -28,6 +28,11 @@ from tests.llama import Server, llama_bin
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "wrapper_c" / "build"
 NR = Path("/proc/sys/vm/nr_hugepages")
+# Seconds llama-bench waits after loading, before measuring: freeing gigabytes of
+# page cache (the wrapper drops the model's) makes this VM's guest report the
+# freed memory to the host for a second or two, which slowed the first samples
+# after load by up to 25 % (measured: 38, 30, 39 t/s); steady state is what counts.
+SETTLE = 5
 CONTENDERS = {
     "plain mmap": {},
     "seed": {"LD_PRELOAD": str(BUILD / "tests" / "libseedwrap.so")},
@@ -95,6 +100,7 @@ def bench_once(bench: Path, model: Path, env: dict[str, str], reps: int) -> dict
     full = dict(os.environ, **env)
     warm(model)
     out = subprocess.run([str(bench), "-m", str(model), "-p", "32", "-n", "16", "-t", "2",
+                          "--delay", str(SETTLE),
                           "-r", str(reps), "-o", "json"], env=full, capture_output=True,
                          text=True, check=True).stdout
     return {("pp" if row.get("n_prompt", 0) else "tg"): float(row["avg_ts"])
@@ -157,7 +163,7 @@ def main() -> int:
     print(f"\nMachine: {cpu}, {os.cpu_count()} CPUs, kernel {platform.release()}; "
           f"model {model.name} ({size_gib:.2f} GiB, F16); load: median of {args.runs} runs; "
           f"speed: mean ± sd over {args.rounds} interleaved llama-bench rounds "
-          f"(-p 32 -n 16 -r {args.reps} -t 2)")
+          f"(-p 32 -n 16 -r {args.reps} -t 2 --delay {SETTLE})")
     print("| contender | ready, warm (s) | ready, cold (s) | pp t/s | tg t/s | tg vs plain "
           "| huge pages used (GiB) | page cache after (GiB) | RSS (GiB) | FilePmdMapped (GiB) "
           "| munmap warnings |")

@@ -50,6 +50,7 @@ def one_run(contender: object, target: int, hold_mib: int, cfg: Path) -> tuple[i
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        Path("/proc/sys/vm/nr_overcommit_hugepages").write_text("0")
         t0 = time.monotonic()
         contender(target, cfg)  # type: ignore[operator]
         secs = time.monotonic() - t0
@@ -77,6 +78,9 @@ def main() -> int:
     else:
         print("hugeadm not found (apt-get install libhugetlbfs-bin): left out")
     saved = NR.read_text().strip()
+    # hugeadm --hard also sets the overcommit (surplus) limit: keep the host as it was
+    knobs = [Path("/proc/sys/vm/nr_overcommit_hugepages"), Path("/proc/sys/vm/min_free_kbytes")]
+    saved_knobs = {k: k.read_text().strip() for k in knobs}
     tmp = Path(tempfile.mkdtemp())
     cfg = tmp / "config.toml"
     cfg.write_text(f"[pool]\nsize = {args.target}\n[thp]\nenabled = \"keep\"\n"
@@ -92,6 +96,8 @@ def main() -> int:
                 print(f"run {run + 1}: {name}: {r[0]} pages in {r[1]:.2f} s", flush=True)
     finally:
         NR.write_text(saved)
+        for k, v in saved_knobs.items():
+            k.write_text(v)
         shutil.rmtree(tmp)
         if saved_sysctl is None:
             sysctl.unlink(missing_ok=True)

@@ -30,6 +30,10 @@ def pool_knob(kb: int) -> Path:
     return HUGEPAGES / f"hugepages-{kb}kB" / "nr_hugepages"
 
 
+def _overcommit(kb: int) -> Path:
+    return HUGEPAGES / f"hugepages-{kb}kB" / "nr_overcommit_hugepages"
+
+
 def free_pages(kb: int) -> int:
     return read_int(HUGEPAGES / f"hugepages-{kb}kB" / "free_hugepages")
 
@@ -55,6 +59,7 @@ def _selected(text: str) -> str:
 def saved_kernel_state() -> Iterator[None]:
     """Saves and restores the pools, THP knobs and the agent's persistence files."""
     pools = {kb: read_int(pool_knob(kb)) for kb in (2048, 1048576) if pool_knob(kb).exists()}
+    overcommit = {kb: read_int(_overcommit(kb)) for kb in pools}
     thp = {k: _selected(k.read_text()) for k in _thp_knobs()}
     files = {}
     for f in ("/etc/sysctl.d/80-hugepage-agent.conf", "/etc/tmpfiles.d/80-hugepage-agent.conf",
@@ -62,8 +67,15 @@ def saved_kernel_state() -> Iterator[None]:
         p = Path(f)
         files[p] = p.read_bytes() if p.exists() else None
     try:
+        for kb, n in overcommit.items():  # surplus pages would blur every pool count
+            if n:
+                _overcommit(kb).write_text("0")
         yield
     finally:
+        for kb, n in overcommit.items():
+            if n:
+                with contextlib.suppress(OSError):
+                    _overcommit(kb).write_text(str(n))
         for kb, n in pools.items():
             with contextlib.suppress(OSError):
                 pool_knob(kb).write_text(str(n))

@@ -16,7 +16,7 @@ from hugepage_agent import __version__, config, execwrap, metrics, release, stat
 from hugepage_agent import apply as apply_mod
 from hugepage_agent.errors import AgentError, ConfigError, PermissionDenied
 from hugepage_agent.host import Host
-from hugepage_agent.systemd import Systemd
+from hugepage_agent.systemd import Systemd, bus_available
 
 EXIT_OK = 0
 EXIT_DEGRADED = 1
@@ -130,7 +130,7 @@ def _cmd_apply(args: argparse.Namespace, host: Host) -> int:
 
 
 def _local_systemd(host: Host) -> Systemd | None:
-    if not host.is_real:
+    if not host.is_real or not bus_available():
         return None
     try:
         from hugepage_agent.systemd import system_bus
@@ -142,7 +142,7 @@ def _local_systemd(host: Host) -> Systemd | None:
 
 
 def _collect_status(args: argparse.Namespace, host: Host) -> dict[str, Any]:
-    if host.is_real and args.config is None:
+    if host.is_real and args.config is None and bus_available():
         from hugepage_agent.dbus_service import call_status
 
         data = call_status()  # the daemon's view, when it runs

@@ -4,6 +4,7 @@ without it."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,14 @@ class UnitState:
     active_state: str
     sub_state: str
     main_pid: int
+
+
+SYSTEM_BUS_SOCKET = "/run/dbus/system_bus_socket"
+
+
+def bus_available() -> bool:
+    """Whether a system bus can be there at all (avoids loading GLib for nothing)."""
+    return "DBUS_SYSTEM_BUS_ADDRESS" in os.environ or os.path.exists(SYSTEM_BUS_SOCKET)
 
 
 def system_bus(address: str | None = None) -> Any:

@@ -5,6 +5,10 @@
  *   error (the file shrank under us), never silent zeros;
  * - an fd opened with O_DIRECT is read with aligned lengths into the (huge
  *   page aligned) destination;
+ * - each thread reads one contiguous part of the range through a descriptor of
+ *   its own (reopened from /proc/self/fd), so that each has its own readahead
+ *   state: threads sharing one open file interleave and defeat readahead, which
+ *   made cold loads (file not in the page cache) slower than one thread;
  * - the page cache of each chunk is dropped once copied (POSIX_FADV_DONTNEED),
  *   so the model is not held in RAM twice;
  * - the threads inherit the process's NUMA memory policy, and each faults in
@@ -17,6 +21,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -31,7 +36,6 @@ struct job {
     size_t bytes;
     char *dst;
     size_t nchunks;
-    atomic_size_t next;
     atomic_int failed;
     int err;
     const char *what;
@@ -76,26 +80,43 @@ static ssize_t read_full(int fd, char *dst, size_t len, off_t off, size_t must, 
     return (ssize_t)done;
 }
 
+struct part {
+    struct job *job;
+    size_t start, end; /* this thread's contiguous part of the range */
+};
+
+static int own_descriptor(const struct job *j)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", j->fd);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | (j->direct ? O_DIRECT : 0));
+    if (fd < 0)
+        return j->fd; /* no /proc: share the caller's descriptor */
+    if (!j->direct)
+        posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    return fd;
+}
+
 static void *worker(void *arg)
 {
-    struct job *j = arg;
-    for (;;) {
-        size_t i = atomic_fetch_add(&j->next, 1);
-        if (i >= j->nchunks || atomic_load(&j->failed))
-            break;
-        size_t start = i * CHUNK;
-        size_t len = j->bytes - start < CHUNK ? j->bytes - start : CHUNK;
+    struct part *p = arg;
+    struct job *j = p->job;
+    int fd = own_descriptor(j);
+    for (size_t start = p->start; start < p->end && !atomic_load(&j->failed); start += CHUNK) {
+        size_t len = p->end - start < CHUNK ? p->end - start : CHUNK;
         size_t must = len;
         if (j->direct) /* aligned length; the destination has room up to a huge page */
             len = (len + HPW_SMALL_PAGE - 1) & ~(HPW_SMALL_PAGE - 1);
         int err = 0;
-        if (read_full(j->fd, j->dst + start, len, j->offset + (off_t)start, must, &err) < 0) {
+        if (read_full(fd, j->dst + start, len, j->offset + (off_t)start, must, &err) < 0) {
             fail(j, err, "read");
             break;
         }
         if (!j->direct)
-            posix_fadvise(j->fd, j->offset + (off_t)start, (off_t)must, POSIX_FADV_DONTNEED);
+            posix_fadvise(fd, j->offset + (off_t)start, (off_t)must, POSIX_FADV_DONTNEED);
     }
+    if (fd != j->fd)
+        close(fd);
     return NULL;
 }
 
@@ -120,7 +141,6 @@ int hpw_fill(int fd, int direct, off_t offset, size_t bytes, char *dst,
         .fd = fd, .direct = direct, .offset = offset, .bytes = bytes, .dst = dst,
         .nchunks = (bytes + CHUNK - 1) / CHUNK, .err = 0, .what = NULL,
     };
-    atomic_init(&j.next, 0);
     atomic_init(&j.failed, 0);
     pthread_mutex_init(&j.lock, NULL);
     if (threads == 0)
@@ -130,14 +150,23 @@ int hpw_fill(int fd, int direct, off_t offset, size_t bytes, char *dst,
     if (threads > j.nchunks)
         threads = j.nchunks == 0 ? 1 : (unsigned)j.nchunks;
 
+    /* Contiguous parts, each a whole number of chunks (the last takes the rest). */
+    struct part parts[MAX_THREADS];
+    size_t per = (j.nchunks + threads - 1) / threads * CHUNK;
+    for (unsigned t = 0; t < threads; t++) {
+        size_t a = (size_t)t * per, b = a + per;
+        parts[t] = (struct part){&j, a < bytes ? a : bytes, b < bytes ? b : bytes};
+    }
     pthread_t tids[MAX_THREADS];
     unsigned started = 0;
     for (unsigned t = 1; t < threads; t++) {
-        if (pthread_create(&tids[started], NULL, worker, &j) != 0)
-            break; /* fewer threads is fine: the others take more chunks */
+        if (pthread_create(&tids[started], NULL, worker, &parts[t]) != 0) {
+            worker(&parts[t]); /* no thread: this one reads that part too */
+            continue;
+        }
         started++;
     }
-    worker(&j);
+    worker(&parts[0]);
     for (unsigned t = 0; t < started; t++)
         pthread_join(tids[t], NULL);
     pthread_mutex_destroy(&j.lock);
