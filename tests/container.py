@@ -15,6 +15,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,25 @@ class Container:
                     d.rmdir()
         shutil.rmtree(f"/run/systemd/nspawn/propagate/{self.name}", ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def booted(name: str, setup: Callable[[Container], None], *, install: bool = True,
+           stop_units: Sequence[str] = ()) -> Iterator[Container]:
+    """A container set up by `setup` (before boot) and booted, with the host's huge
+    page state saved, the 2 MiB pool emptied, and all of it restored afterwards."""
+    from tests.conftest import saved_kernel_state, set_pool
+
+    with saved_kernel_state():
+        set_pool(2048, 0)
+        c = Container(name)
+        try:
+            c.prepare(install=install)
+            setup(c)
+            c.boot()
+            yield c
+        finally:
+            for unit in stop_units:
+                with contextlib.suppress(ContainerError):
+                    c.run("systemctl", "stop", unit, check=False)
+            c.stop()

@@ -267,3 +267,28 @@ def test_parse_smaps_attributes_huge_pages_to_the_model() -> None:
     assert loading.filling and loading.hugetlb_bytes == 4096 * 1024
     other = parse_smaps(SMAPS.format(perm="r--s", huge=1048576), "/m/b.gguf")
     assert other.hugetlb_bytes == 0 and other.file_mapped_bytes == 1 << 20
+
+
+def test_model_files_sync_and_removal(tmp_path: Path, model: Path) -> None:
+    from hugepage_agent import config as config_mod
+    from hugepage_agent import models
+
+    root = tmp_path / "root"
+    host = make_tree(root)
+    lib = tmp_path / "lib.so"
+    lib.write_bytes(b"")
+    two = (f'[[model]]\nname = "a"\npath = "{model}"\n'
+           f'[[model]]\nname = "b"\npath = "{model}"\nunit = "own-b.service"\n')
+    cfg = config_mod.load(host, str(write_cfg(tmp_path, two)))
+    first = models.sync(host, cfg, str(lib))
+    assert sorted(first.written) == [
+        "/etc/systemd/system/llama-server@a.service.d/50-hugepage-agent.conf",
+        "/etc/systemd/system/own-b.service.d/50-hugepage-agent.conf",
+        "/var/lib/hugepage-agent/models/a.json"]
+    assert not models.sync(host, cfg, str(lib)).changed  # idempotent
+    (root / "etc/systemd/system/own-b.service.d/10-mine.conf").write_text("[Service]\n")
+    only_a = two.split('[[model]]\nname = "b"', 1)[0]
+    cfg = config_mod.load(host, str(write_cfg(tmp_path, only_a)))
+    second = models.sync(host, cfg, str(lib))
+    assert second.removed == ("/etc/systemd/system/own-b.service.d/50-hugepage-agent.conf",)
+    assert (root / "etc/systemd/system/own-b.service.d/10-mine.conf").exists()

@@ -5,7 +5,6 @@ fallback and strict mode, and the model unit under a real systemd."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import subprocess
@@ -17,8 +16,8 @@ from typing import Any
 import pytest
 
 from tests import ggufmodel
-from tests.conftest import IS_ROOT, free_pages, saved_kernel_state, set_pool
-from tests.container import Container, ContainerError
+from tests.conftest import IS_ROOT, free_pages, set_pool
+from tests.container import Container, booted
 from tests.llama import Server, agent_cmd, agent_env, llama_bin
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: sizes the huge page pool")
@@ -166,20 +165,13 @@ def test_model_over_2_gib(pool: None, llama: Path, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def llama_ct(llama: Path, small_model: Path, wrapper_build: Path) -> Iterator[Container]:
-    with saved_kernel_state():
-        set_pool(2048, 0)
-        c = Container("hpa-llama")
-        try:
-            c.prepare()
-            shutil.copy2(llama, c.path("/usr/local/bin/llama-server"))
-            c.path("/srv/models").mkdir(parents=True)
-            shutil.copy2(small_model, c.path("/srv/models/small.gguf"))
-            c.boot()
-            yield c
-        finally:
-            with contextlib.suppress(ContainerError):
-                c.run("systemctl", "stop", "llama-server@small.service", check=False)
-            c.stop()
+    def setup(c: Container) -> None:
+        shutil.copy2(llama, c.path("/usr/local/bin/llama-server"))
+        c.path("/srv/models").mkdir(parents=True)
+        shutil.copy2(small_model, c.path("/srv/models/small.gguf"))
+
+    with booted("hpa-llama", setup, stop_units=["llama-server@small.service"]) as c:
+        yield c
 
 
 def test_model_unit_under_systemd(llama_ct: Container, llama: Path, small_model: Path,

@@ -4,7 +4,6 @@ and the RPM built from the same tree."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import time
@@ -13,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IS_ROOT, MAPTOOL, REPO, saved_kernel_state, set_pool
-from tests.container import Container, ContainerError
+from tests.conftest import IS_ROOT, MAPTOOL, REPO
+from tests.container import Container, booted
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: builds packages, boots nspawn")
 VERSION = next(line.split('"')[1] for line in
@@ -65,22 +64,15 @@ def test_rpm_contents(dist: Path) -> None:
 
 @pytest.fixture(scope="module")
 def clean_ct(dist: Path, wrapper_build: Path) -> Iterator[Container]:
-    with saved_kernel_state():
-        set_pool(2048, 0)
-        c = Container("hpa-pkg")
-        try:
-            c.prepare(install=False)
-            for deb in dist.glob("*.deb"):
-                (c.root / "root" / deb.name).write_bytes(deb.read_bytes())
-            (c.root / "srv/models").mkdir(parents=True)
-            subprocess.run([str(MAPTOOL), "mkfile", str(c.root / "srv/models/m.gguf"),
-                            str(200 << 20)], check=True)
-            c.boot()
-            yield c
-        finally:
-            with contextlib.suppress(ContainerError):
-                c.run("systemctl", "stop", "llama-server@m.service", check=False)
-            c.stop()
+    def setup(c: Container) -> None:
+        for deb in dist.glob("*.deb"):
+            (c.root / "root" / deb.name).write_bytes(deb.read_bytes())
+        (c.root / "srv/models").mkdir(parents=True)
+        subprocess.run([str(MAPTOOL), "mkfile", str(c.root / "srv/models/m.gguf"),
+                        str(200 << 20)], check=True)
+
+    with booted("hpa-pkg", setup, install=False, stop_units=["llama-server@m.service"]) as c:
+        yield c
 
 
 def test_install_use_and_purge_like_an_operator(clean_ct: Container) -> None:

@@ -4,7 +4,6 @@ shell block in order, with a stand-in llama-server and model."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 import subprocess
 from collections.abc import Iterator
@@ -12,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IS_ROOT, REPO, saved_kernel_state, set_pool
-from tests.container import Container, ContainerError
+from tests.conftest import IS_ROOT, REPO
+from tests.container import Container, booted
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: boots systemd-nspawn")
 README = REPO / "README.md"
@@ -35,34 +34,28 @@ def test_readme_opens_with_the_two_commands() -> None:
 
 @pytest.fixture(scope="module")
 def host(wrapper_build: Path) -> Iterator[Container]:
-    with saved_kernel_state():
-        set_pool(2048, 0)
-        c = Container("hpa-readme")
-        try:
-            c.prepare(install=False)
-            files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                                   capture_output=True, text=True, check=True).stdout.split()
-            for f in files:
-                src = REPO / f
-                if src.is_file():
-                    dst = c.path(f"{SRC}/{f}")
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    dst.write_bytes(src.read_bytes())
-                    dst.chmod(src.stat().st_mode & 0o777)
-            sudo = c.path("/usr/local/bin/sudo")
-            sudo.write_text('#!/bin/sh\nexec "$@"\n')
-            sudo.chmod(0o755)
-            (c.path("/usr/local/bin/fakeserver")).rename(c.path("/usr/local/bin/llama-server"))
-            model = c.path("/srv/models/qwen3-30b.gguf")
-            model.parent.mkdir(parents=True)
-            with open(model, "wb") as f:
-                f.truncate(1100 << 20)  # sparse: reads as zeros
-            c.boot()
-            yield c
-        finally:
-            with contextlib.suppress(ContainerError):
-                c.run("systemctl", "stop", "llama-server@qwen3-30b.service", check=False)
-            c.stop()
+    def setup(c: Container) -> None:
+        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.split()
+        for f in files:
+            src = REPO / f
+            if src.is_file():
+                dst = c.path(f"{SRC}/{f}")
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(src.read_bytes())
+                dst.chmod(src.stat().st_mode & 0o777)
+        sudo = c.path("/usr/local/bin/sudo")
+        sudo.write_text('#!/bin/sh\nexec "$@"\n')
+        sudo.chmod(0o755)
+        c.path("/usr/local/bin/fakeserver").rename(c.path("/usr/local/bin/llama-server"))
+        model = c.path("/srv/models/qwen3-30b.gguf")
+        model.parent.mkdir(parents=True)
+        with open(model, "wb") as f:
+            f.truncate(1100 << 20)  # sparse: reads as zeros
+
+    with booted("hpa-readme", setup, install=False,
+                stop_units=["llama-server@qwen3-30b.service"]) as c:
+        yield c
 
 
 def test_readme_commands_run_as_written(host: Container) -> None:

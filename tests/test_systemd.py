@@ -7,7 +7,6 @@ host's, saved and restored around the module."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import time
@@ -16,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IS_ROOT, MAPTOOL, read_int, saved_kernel_state, set_pool
-from tests.container import Container, ContainerError
+from tests.conftest import IS_ROOT, MAPTOOL, read_int
+from tests.container import Container, booted
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: boots systemd-nspawn")
 
@@ -50,24 +49,18 @@ def ct(wrapper_build: Path) -> Iterator[Container]:
         subprocess.run(["systemd-nspawn", "--version"], capture_output=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         pytest.fail("systemd-nspawn is missing: scripts/deps.sh installs systemd-container")
-    with saved_kernel_state():
-        set_pool(2048, 0)
-        c = Container()
-        try:
-            c.prepare()
-            models = c.path("/srv/models")
-            models.mkdir(parents=True)
-            for name in ("tiny", "odd", "big"):
-                subprocess.run([str(MAPTOOL), "mkfile", str(models / f"{name}.gguf"),
-                                str(MODEL_SIZE)], check=True)
-            c.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
-            c.path(TEXTFILE_DIR).mkdir(parents=True)
-            c.boot()
-            yield c
-        finally:
-            with contextlib.suppress(ContainerError):
-                c.run("systemctl", "stop", "llama-server@*.service", check=False)
-            c.stop()
+
+    def setup(c: Container) -> None:
+        models = c.path("/srv/models")
+        models.mkdir(parents=True)
+        for name in ("tiny", "odd", "big"):
+            subprocess.run([str(MAPTOOL), "mkfile", str(models / f"{name}.gguf"),
+                            str(MODEL_SIZE)], check=True)
+        c.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
+        c.path(TEXTFILE_DIR).mkdir(parents=True)
+
+    with booted("hpa-test", setup, stop_units=["llama-server@*.service"]) as c:
+        yield c
 
 
 def wait_for(pred: Callable[[], object], timeout: float = 30.0,

@@ -239,6 +239,13 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
     def src(key: str) -> str:
         return origins.get(key, "<defaults>")
 
+    def choice(key: str, default: str, allowed: tuple[str, ...]) -> str:
+        section, name = key.split(".")
+        value: str = raw.get(section, {}).get(name, default)
+        if value not in allowed:
+            raise ConfigError(src(key), key, f"'{value}' is not one of {', '.join(allowed)}")
+        return value
+
     p = raw.get("pool", {})
     pool = PoolConfig()
     page_size = _field(src("pool.page_size"), "pool.page_size", units.parse_page_size,
@@ -259,15 +266,8 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
             raise ConfigError(src("pool.limit"), "pool.limit", "must be more than zero")
     nodes = _nodes(src("pool.nodes"), p.get("nodes", {}))
 
-    t = raw.get("thp", {})
-    enabled = t.get("enabled", "never")
-    if enabled not in THP_MODES:
-        raise ConfigError(src("thp.enabled"), "thp.enabled",
-                          f"'{enabled}' is not one of {', '.join(THP_MODES)}")
-    defrag = t.get("defrag", "never")
-    if defrag not in DEFRAG_MODES:
-        raise ConfigError(src("thp.defrag"), "thp.defrag",
-                          f"'{defrag}' is not one of {', '.join(DEFRAG_MODES)}")
+    enabled = choice("thp.enabled", "never", THP_MODES)
+    defrag = choice("thp.defrag", "never", DEFRAG_MODES)
 
     r = raw.get("reserve", {})
     timeout = _field(src("reserve.timeout"), "reserve.timeout", units.parse_duration,
@@ -281,14 +281,8 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
                       w.get("min_size", "1G")).bytes
     if not min_size:
         raise ConfigError(src("wrapper.min_size"), "wrapper.min_size", "must be more than zero")
-    wpage = w.get("page_size", "auto")
-    if wpage not in WRAPPER_PAGE:
-        raise ConfigError(src("wrapper.page_size"), "wrapper.page_size",
-                          f"'{wpage}' is not one of {', '.join(WRAPPER_PAGE)}")
-    wlog = w.get("log", "info")
-    if wlog not in WRAPPER_LOG:
-        raise ConfigError(src("wrapper.log"), "wrapper.log",
-                          f"'{wlog}' is not one of {', '.join(WRAPPER_LOG)}")
+    wpage = choice("wrapper.page_size", "auto", WRAPPER_PAGE)
+    wlog = choice("wrapper.log", "info", WRAPPER_LOG)
     threads = w.get("threads", 0)
     if not 0 <= threads <= 256:
         raise ConfigError(src("wrapper.threads"), "wrapper.threads", "must be from 0 to 256")

@@ -15,27 +15,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testutil.h"
+
 static double now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static long cached_kb(const char *path, size_t len)
-{
-    int fd = open(path, O_RDONLY);
-    void *m = (void *)syscall(SYS_mmap, NULL, len, PROT_READ, MAP_SHARED, fd, 0);
-    close(fd);
-    if (m == MAP_FAILED) return -1;
-    size_t pages = (len + 4095) / 4096;
-    unsigned char *vec = malloc(pages);
-    long kb = 0;
-    if (syscall(SYS_mincore, m, len, vec) == 0)
-        for (size_t i = 0; i < pages; i++) kb += (vec[i] & 1) ? 4 : 0;
-    free(vec);
-    syscall(SYS_munmap, m, len);
-    return kb;
 }
 
 int main(int argc, char **argv)
@@ -69,6 +55,6 @@ int main(int argc, char **argv)
     double secs = now() - t0;
     for (size_t i = 0; i < len; i += 1 << 20) sum += (unsigned char)m[i];
     printf("seconds=%.4f\ngib_per_s=%.2f\ncache_kb=%ld\n", secs,
-           (double)len / (1 << 30) / secs, cached_kb(path, len));
+           (double)len / (1 << 30) / secs, cached_kb(path));
     return 0;
 }

@@ -21,6 +21,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "testutil.h"
+
 static uint64_t mix(uint64_t x)
 {
     x += 0x9e3779b97f4a7c15ULL;
@@ -121,26 +123,6 @@ static void smaps(const char *map, size_t len, const char *stage)
     fclose(f);
     printf("%s_size_kb=%ld\n%s_hugetlb_kb=%ld\n%s_kernel_page_kb=%ld\n%s_pmd_kb=%ld\n%s_name=%s\n",
            stage, size, stage, hugetlb, stage, kps, stage, pmd, stage, name);
-}
-
-/* Page cache held for the file, via mincore on a raw mmap (bypasses the library). */
-static long cached_kb(const char *path)
-{
-    int fd = open(path, O_RDONLY);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0 || st.st_size == 0) { if (fd >= 0) close(fd); return 0; }
-    size_t len = (size_t)st.st_size;
-    void *m = (void *)syscall(SYS_mmap, NULL, len, PROT_READ, MAP_SHARED, fd, 0);
-    close(fd);
-    if (m == MAP_FAILED) return -1;
-    size_t pages = (len + 4095) / 4096;
-    unsigned char *vec = malloc(pages);
-    long kb = 0;
-    if (syscall(SYS_mincore, m, len, vec) == 0)
-        for (size_t i = 0; i < pages; i++) kb += (vec[i] & 1) ? 4 : 0;
-    free(vec);
-    syscall(SYS_munmap, m, len);
-    return kb;
 }
 
 struct conc { const char *path; size_t len; int ok; };
