@@ -208,3 +208,22 @@ def test_model_unit_under_systemd(llama_ct: Container, llama: Path, small_model:
     assert m["unit"] == unit and m["active"] and m["coverage"] >= 0.99, m
     log = ct.journal(unit)
     assert "/srv/models/small.gguf: loaded" in log and wrapper_problems(log) == []
+
+
+def test_strict_model_unit_fails_when_the_pool_is_short(llama_ct: Container) -> None:
+    ct = llama_ct
+    unit = "llama-server@small.service"
+    ct.systemctl("stop", unit)  # its pages back, so that the pool can shrink
+    cfg = ct.path("/etc/hugepage-agent/config.toml")
+    cfg.write_text(cfg.read_text().replace("[pool]\nheadroom = 2\n", "[pool]\nsize = 2\n")
+                   .replace('[wrapper]\n', '[wrapper]\nstrict = true\n'))
+    ct.systemctl("reload", "hugepage-agent.service")
+    assert Path("/proc/sys/vm/nr_hugepages").read_text().strip() == "2"
+    ct.systemctl("start", unit, check=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and ct.prop(unit, "Result") == "success":
+        time.sleep(0.3)
+    assert ct.prop(unit, "Result") == "exit-code", ct.journal(unit)
+    log = ct.journal(unit)
+    assert "strict mode" in log and "/srv/models/small.gguf" in log
+    ct.systemctl("stop", unit, check=False)
