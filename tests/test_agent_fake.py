@@ -280,15 +280,15 @@ def test_model_files_sync_and_removal(tmp_path: Path, model: Path) -> None:
     two = (f'[[model]]\nname = "a"\npath = "{model}"\n'
            f'[[model]]\nname = "b"\npath = "{model}"\nunit = "own-b.service"\n')
     cfg = config_mod.load(host, str(write_cfg(tmp_path, two)))
-    first = models.sync(host, cfg, str(lib))
+    first = models.sync(host, models.render_all(cfg, str(lib)))
     assert sorted(first.written) == [
         "/etc/systemd/system/llama-server@a.service.d/50-hugepage-agent.conf",
         "/etc/systemd/system/own-b.service.d/50-hugepage-agent.conf",
         "/var/lib/hugepage-agent/models/a.json"]
-    assert not models.sync(host, cfg, str(lib)).changed  # idempotent
+    assert not models.sync(host, models.render_all(cfg, str(lib))).changed  # idempotent
     (root / "etc/systemd/system/own-b.service.d/10-mine.conf").write_text("[Service]\n")
     only_a = two.split('[[model]]\nname = "b"', 1)[0]
     cfg = config_mod.load(host, str(write_cfg(tmp_path, only_a)))
-    second = models.sync(host, cfg, str(lib))
+    second = models.sync(host, models.render_all(cfg, str(lib)))
     assert second.removed == ("/etc/systemd/system/own-b.service.d/50-hugepage-agent.conf",)
     assert (root / "etc/systemd/system/own-b.service.d/10-mine.conf").exists()

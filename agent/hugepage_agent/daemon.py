@@ -87,7 +87,8 @@ class Agent:
         self.on_change("pool")
 
     def _apply_and_sync(self, cfg: Config, previous: Config | None) -> apply.ApplyReport:
-        models.render_all(cfg, find_library(cfg))  # refuses bad values before any change
+        # Everything that can be refused is refused before anything changes.
+        files = models.render_all(cfg, find_library(cfg))
         apply.plan_for(self.host, cfg)
         if previous is not None:
             # Models no longer configured give their huge pages back first, so
@@ -104,7 +105,7 @@ class Agent:
         if report.boot_hint:
             log.warning("1 GiB pages are best reserved at boot: add `%s` to the kernel "
                         "command line", report.boot_hint)
-        changed = models.sync(self.host, cfg)
+        changed = models.sync(self.host, files)
         if self.systemd is not None and changed.changed:
             self.systemd.reload()
         return report

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from hugepage_agent import unitfiles
 from hugepage_agent.config import Config
 from hugepage_agent.errors import ConfigError
-from hugepage_agent.execwrap import find_library, wrapper_env
+from hugepage_agent.execwrap import wrapper_env
 from hugepage_agent.host import Host
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,8 @@ def owned_files(host: Host) -> list[str]:
     return owned
 
 
-def sync(host: Host, cfg: Config, library: str | None = None) -> ModelFiles:
-    """Make the files on disk match the configuration."""
-    wanted = render_all(cfg, library or find_library(cfg))
+def sync(host: Host, wanted: dict[str, str]) -> ModelFiles:
+    """Make the files on disk match `wanted` (from render_all)."""
     written = []
     for path, text in wanted.items():
         if host.read_optional(path) != text:
