@@ -6,14 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="$(realpath -m "${1:-dist}")"
-VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' agent/hugepage_agent/__init__.py)
+. packaging/common.sh
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 src="$work/hugepage-agent-$VERSION"
-mkdir -p "$src" "$OUT"
-git ls-files -z 2>/dev/null | xargs -0 -I{} cp --parents {} "$src/" 2>/dev/null \
-    || cp -r agent wrapper_c systemd config scripts README.md pyproject.toml "$src/"
-rm -rf "$src/wrapper_c/build"
+mkdir -p "$OUT"
+copy_tree "$src"
 cp -r packaging/debian "$src/debian"
 cat >"$src/debian/changelog" <<CL
 hugepage-agent ($VERSION) unstable; urgency=medium
