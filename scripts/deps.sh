@@ -17,7 +17,7 @@ APT_PACKAGES=(
     libhugetlbfs-bin
     debootstrap systemd-container
     debhelper dpkg-dev fakeroot lintian rpm
-    cmake curl
+    cmake curl procps util-linux
 )
 PIP_PACKAGES=(
     "pytest>=7"
