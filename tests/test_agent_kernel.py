@@ -159,3 +159,16 @@ def test_fragmented_memory_is_compacted_to_target(kernel_state: None, tmp_path: 
         r = agent("apply", "--config", cfg)
         got = read_int(NR)
     assert got >= min(target, 2 * plain), f"plain write {plain}, apply {got}: {r.stdout}"
+
+
+def test_release_gives_the_pool_back_and_removes_persistence(kernel_state: None,
+                                                            tmp_path: Path) -> None:
+    set_pool(2048, 0)
+    cfg = config(tmp_path, "[pool]\nsize = 30\n[thp]\nenabled = \"keep\"\ndefrag = \"keep\"\n")
+    assert agent("apply", "--config", cfg).returncode == 0
+    assert read_int(NR) == 30 and Path("/etc/sysctl.d/80-hugepage-agent.conf").exists()
+    r = agent("release", "--config", cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert read_int(NR) == 0
+    assert not Path("/etc/sysctl.d/80-hugepage-agent.conf").exists()
+    assert "released" in r.stdout and "removed /etc/sysctl.d/80-hugepage-agent.conf" in r.stdout
