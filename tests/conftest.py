@@ -44,6 +44,20 @@ def set_pool(kb: int, pages: int) -> int:
     return read_int(pool_knob(kb))
 
 
+def memfd_hugetlb_bytes(smaps: Path, model: str | Path) -> int:
+    """Huge page bytes of the wrapper's copy of `model` in a process's smaps, read
+    here independently of the agent's own parser."""
+    total = 0
+    current = False
+    for line in smaps.read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and ":" not in head[0] and len(head) >= 5:
+            current = line.endswith(f"/memfd:hugepage-wrapper:{model} (deleted)")
+        elif current and line.startswith(("Shared_Hugetlb:", "Private_Hugetlb:")):
+            total += int(head[1]) * 1024
+    return total
+
+
 def _thp_knobs() -> list[Path]:
     knobs = [THP / "enabled", THP / "defrag"]
     knobs += sorted(THP.glob("hugepages-*kB/enabled"))

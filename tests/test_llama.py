@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests import ggufmodel
-from tests.conftest import IS_ROOT, free_pages, set_pool
+from tests.conftest import IS_ROOT, free_pages, memfd_hugetlb_bytes, set_pool
 from tests.container import Container, booted
 from tests.llama import Server, agent_cmd, agent_env, llama_bin
 
@@ -51,15 +51,7 @@ def exec_prefix(cfg: Path) -> list[str]:
 
 
 def hugetlb_bytes(pid: int, model: Path) -> int:
-    total = 0
-    current = False
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        head = line.split()
-        if head and "-" in head[0] and ":" not in head[0] and len(head) >= 5:
-            current = line.endswith(f"/memfd:hugepage-wrapper:{model} (deleted)")
-        elif current and line.startswith(("Shared_Hugetlb:", "Private_Hugetlb:")):
-            total += int(head[1]) * 1024
-    return total
+    return memfd_hugetlb_bytes(Path(f"/proc/{pid}/smaps"), model)
 
 
 def wrapper_problems(log: str) -> list[str]:
