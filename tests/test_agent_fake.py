@@ -155,7 +155,7 @@ def test_status_json_schema_and_exit_codes(tmp_path: Path,
     pool = next(p for p in data["pools"] if p["page_size_kb"] == 2048 and p["node"] is None)
     assert (pool["total"], pool["free"], pool["target"], pool["shortfall"]) == (0, 0, 10, 10)
     assert data["thp"]["enabled"] == "never" and data["thp"]["defrag"] == "never"
-    assert data["version"] == 1 and data["models"] == []
+    assert data["version"] == 2 and data["models"] == []
     main(["apply", "--root", str(root), "--config", str(cfg)])
     for kb in ("2048kB",):
         (root / f"sys/kernel/mm/hugepages/hugepages-{kb}/free_hugepages").write_text("10")
@@ -292,3 +292,84 @@ def test_model_files_sync_and_removal(tmp_path: Path, model: Path) -> None:
     second = models.sync(host, models.render_all(cfg, str(lib)))
     assert second.removed == ("/etc/systemd/system/own-b.service.d/50-hugepage-agent.conf",)
     assert (root / "etc/systemd/system/own-b.service.d/10-mine.conf").exists()
+
+
+def _server_tree(tmp_path: Path, smaps: str, args: str = "") -> tuple[Path, Path, int]:
+    """A fake host with one server process (pid 4242) under the wrapper, serving
+    a real Q4_0 GGUF model: (root, config, the model's weight bytes)."""
+    from hugepage_agent import gguf
+    from tests import ggufmodel
+
+    model = ggufmodel.write(tmp_path / "q4.gguf", ggufmodel.Shape(
+        layers=2, embd=256, ff=704, qtype="Q4_0"))
+    weights = gguf.read_path(str(model)).weight_bytes
+    root = tmp_path / "root"
+    make_tree(root)
+    proc = root / "proc/4242"
+    proc.mkdir(parents=True)
+    (proc / "maps").write_text("7f2000000000-7f2000010000 r-xp 00000000 fd:00 7    "
+                               "/usr/lib/hugepage-agent/libhugepage-wrapper.so\n")
+    (proc / "cmdline").write_text(f"llama-server\0--model\0{model}\0")
+    (proc / "smaps").write_text(smaps.replace("MODEL", str(model)))
+    server = tmp_path / "llama-server"
+    server.write_bytes(b"\0--load-mode\0")
+    cfg = write_cfg(tmp_path, f'[server]\nbinary = "{server}"\n[[model]]\nname = "q4"\n'
+                              f'path = "{model}"\nargs = [{args}]\n'
+                              '[thp]\nenabled = "keep"\ndefrag = "keep"\n')
+    return root, cfg, weights
+
+
+def _vma(start: int, kb: int, name: str, **fields: int) -> str:
+    lines = [f"{start:x}-{start + kb * 1024:x} rw-p 00000000 00:11 1 {name}".rstrip(),
+             f"Size: {kb} kB", "KernelPageSize: 2048 kB" if "Private_Hugetlb" in fields else ""]
+    lines += [f"{k}: {v} kB" for k, v in fields.items()]
+    return "\n".join(x for x in lines if x) + "\n"
+
+
+WRAPPER_VMA = _vma(0x7f2000000000, 64, "/usr/lib/hugepage-agent/libhugepage-wrapper.so", Rss=64)
+
+
+def test_status_counts_allocations_and_what_fell_back(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    heap = "/memfd:hugepage-wrapper-heap (deleted)"
+    loaded = (_vma(0x7f1000000000, 262144, heap, Private_Hugetlb=262144)
+              + _vma(0x7f3000000000, 4096, heap, Private_Hugetlb=4096) + WRAPPER_VMA
+              + _vma(0x7f4000000000, 1024, "", Rss=1024))  # small: not counted
+    root, cfg, _ = _server_tree(tmp_path, loaded)
+    rc = main(["status", "--json", "--root", str(root), "--config", str(cfg)])
+    m = json.loads(capsys.readouterr().out)["models"][0]
+    assert m["pid"] == 4242 and m["verdict"] == "loaded", m
+    assert m["hugetlb_alloc_bytes"] == 266240 * 1024 and m["hugetlb_file_bytes"] == 0
+    assert m["fallback_bytes"] == 0 and m["coverage"] == 1.0 and m["dead_bytes"] == 0
+    assert m["load_mode"]["mode"] == "dio" and m["load_mode"]["chosen_by"] == "agent"
+    assert rc in (0, 1)  # the fake pool has no target pages; the model is what counts here
+
+    short = (_vma(0x7f3000000000, 4096, heap, Private_Hugetlb=4096) + WRAPPER_VMA
+             + _vma(0x7f5000000000, 262144, "", Rss=262144))  # the KV cache in 4 KiB pages
+    (root / "proc/4242/smaps").write_text(short)
+    rc = main(["status", "--json", "--root", str(root), "--config", str(cfg)])
+    data = json.loads(capsys.readouterr().out)
+    m = data["models"][0]
+    assert rc == 1 and m["verdict"].startswith("fell back: 256.00 MiB of large allocations")
+    assert m["fallback_bytes"] == 256 << 20 and m["coverage"] < 0.02
+    assert any("fell back" in p for p in data["problems"])
+    main(["status", "--root", str(root), "--config", str(cfg)])
+    text = capsys.readouterr().out
+    assert "4 KiB: 256.00 MiB" in text and "DEGRADED" in text
+
+
+def test_status_reports_the_dead_file_copy_of_an_operators_mmap(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, cfg, weights = _server_tree(tmp_path, "", args='"--load-mode", "mmap"')
+    kb = -(-weights // (2 << 20)) * 2048
+    copy = (_vma(0x7f0000000000, kb, "/memfd:hugepage-wrapper:MODEL (deleted)",
+                 Private_Hugetlb=kb).replace("rw-p", "r--s")
+            + _vma(0x7f1000000000, kb, "/memfd:hugepage-wrapper-heap (deleted)",
+                   Private_Hugetlb=kb) + WRAPPER_VMA)
+    (root / "proc/4242/smaps").write_text(copy.replace("MODEL", str(tmp_path / "q4.gguf")))
+    (cfg.parent / "config.toml").write_text(cfg.read_text().replace(
+        "[server]", '[wrapper]\nmin_size = "1M"\n[server]'))
+    rc = main(["status", "--json", "--root", str(root), "--config", str(cfg)])
+    m = json.loads(capsys.readouterr().out)["models"][0]
+    assert rc == 1 and m["load_mode"]["chosen_by"] == "operator"
+    assert m["dead_bytes"] > 0.9 * weights and "dead huge pages" in m["verdict"], m

@@ -1,7 +1,11 @@
 """End to end with llama.cpp's llama-server (built by scripts/llama.sh) serving
-real GGUF models (tests/ggufmodel.py): identical tokens with and without the
-wrapper, the model in huge pages, clean logs, the pool back after exit,
-fallback and strict mode, and the model unit under a real systemd."""
+real GGUF models (tests/ggufmodel.py) in F16, Q8_0 and Q4_0 (the quantized
+ones repacked at load into heap buffers, as the models people serve are),
+with a context whose KV cache is hundreds of MiB: identical tokens with and
+without the wrapper; everything large that the server reads in huge pages;
+no dead copy; a pool sized by `auto` that fits the first start; a pool too
+small for the KV cache; strict mode; the operator's own load mode; and the
+model unit under a real systemd."""
 
 from __future__ import annotations
 
@@ -16,14 +20,23 @@ from typing import Any
 import pytest
 
 from tests import ggufmodel
-from tests.conftest import IS_ROOT, free_pages, memfd_hugetlb_bytes, set_pool
+from tests.conftest import IS_ROOT, free_pages, memfd_hugetlb_bytes, read_int, set_pool
 from tests.container import Container, booted
-from tests.llama import Server, agent_cmd, agent_env, llama_bin
+from tests.llama import Server, agent_cmd, agent_env, free_port, llama_bin
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: sizes the huge page pool")
 PROMPT = "the huge page model of memory"
-SMALL = ggufmodel.Shape(layers=4, embd=512, ff=1376)
-BIG = ggufmodel.Shape.for_size(int(2.2 * (1 << 30)))
+MIB = 1 << 20
+CTX = 8192  # KV cache: 8 layers x 1024 x 2 (K, V) x 2 bytes x 8192 = 256 MiB
+ARGS = ["--ctx-size", str(CTX)]
+
+
+def shape(qtype: str) -> ggufmodel.Shape:
+    return ggufmodel.Shape(layers=8, embd=1024, ff=2816, heads=8, kv_heads=8, ctx=CTX,
+                           qtype=qtype)
+
+
+BIG = ggufmodel.Shape.for_size(int(2.2 * (1 << 30)), qtype="Q4_0")
 
 
 @pytest.fixture(scope="module")
@@ -31,33 +44,14 @@ def llama() -> Path:
     return llama_bin() / "llama-server"
 
 
+@pytest.fixture(scope="module", params=["F16", "Q8_0", "Q4_0"])
+def model(request: pytest.FixtureRequest) -> Path:
+    return ggufmodel.cached(shape(request.param))
+
+
 @pytest.fixture(scope="module")
-def small_model() -> Path:
-    return ggufmodel.cached(SMALL)
-
-
-def pages_for(path: Path) -> int:
-    return -(-path.stat().st_size // (2 << 20))
-
-
-def wrapper_config(tmp_path: Path, extra: str = "") -> Path:
-    f = tmp_path / "config.toml"
-    f.write_text(f'[wrapper]\nmin_size = "8M"\n{extra}')
-    return f
-
-
-def exec_prefix(cfg: Path) -> list[str]:
-    return agent_cmd("exec", "--config", str(cfg), "--")
-
-
-def hugetlb_bytes(pid: int, model: Path) -> int:
-    return memfd_hugetlb_bytes(Path(f"/proc/{pid}/smaps"), model)
-
-
-def wrapper_problems(log: str) -> list[str]:
-    return [line for line in log.splitlines()
-            if "munmap failed" in line or "madvise failed" in line
-            or ("warn" in line.lower() and ("mmap" in line or "hugepage" in line))]
+def q4_model() -> Path:
+    return ggufmodel.cached(shape("Q4_0"))
 
 
 @pytest.fixture
@@ -65,73 +59,138 @@ def pool(kernel_state: None) -> None:
     set_pool(2048, 0)
 
 
-def run_pair(llama: Path, model: Path, tmp_path: Path,
-             cfg: Path) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """The same request to a plain server and to one under the wrapper."""
-    with Server(llama, model, tmp_path / "plain.log") as plain:
+def config(tmp_path: Path, llama: Path, model: Path | None = None, *, extra: str = "",
+           args: list[str] | None = None, size: str = "auto") -> Path:
+    """A configuration with the test server binary, THP left alone, and the model."""
+    f = tmp_path / "config.toml"
+    text = (f'[pool]\nsize = "{size}"\n[server]\nbinary = "{llama}"\n'
+            '[thp]\nenabled = "keep"\ndefrag = "keep"\n' + extra)
+    if model is not None:
+        text += (f'[[model]]\nname = "m"\npath = "{model}"\n'
+                 f"args = {json.dumps(args if args is not None else ARGS)}\n")
+    f.write_text(text)
+    return f
+
+
+def exec_prefix(cfg: Path) -> list[str]:
+    return agent_cmd("exec", "--config", str(cfg), "--")
+
+
+def agent(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(agent_cmd(*args), env=agent_env(), capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def status(cfg: Path) -> tuple[int, dict[str, Any]]:
+    r = agent("status", "--json", "--config", str(cfg))
+    return r.returncode, json.loads(r.stdout)
+
+
+def memory(pid: int, model: Path, large: int = 8 * MIB) -> dict[str, int]:
+    """The server's large memory by kind, read from smaps here, independently of
+    the agent: huge pages (any hugetlb mapping; the model file's copy apart),
+    and what is not in huge pages (anonymous mappings of at least `large`, the
+    model file mapped directly)."""
+    out = {"huge": 0, "file_copy": 0, "small_pages": 0}
+    kind = None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and ":" not in head[0] and len(head) >= 5:
+            name = line.split(None, 5)[5] if len(head) > 5 else ""
+            lo, hi = (int(x, 16) for x in head[0].split("-"))
+            kind = ("copy" if name.startswith(f"/memfd:hugepage-wrapper:{model}") else
+                    "file" if name == str(model) else
+                    "anon" if name == "" and "rw" in head[1] and hi - lo >= large else "other")
+        elif line.startswith(("Private_Hugetlb:", "Shared_Hugetlb:")):
+            out["huge"] += int(head[1]) * 1024
+            if kind == "copy":
+                out["file_copy"] += int(head[1]) * 1024
+        elif line.startswith("Rss:") and kind in ("file", "anon"):
+            out["small_pages"] += int(head[1]) * 1024
+    return out
+
+
+def in_use_pages() -> int:
+    d = Path("/sys/kernel/mm/hugepages/hugepages-2048kB")
+    return (read_int(d / "nr_hugepages") - read_int(d / "free_hugepages")
+            + read_int(d / "resv_hugepages"))
+
+
+def wrapper_problems(log: str) -> list[str]:
+    return [line for line in log.splitlines()
+            if "munmap failed" in line or "madvise failed" in line
+            or "pool short" in line or "fell back" in line
+            or ("warn" in line.lower() and ("mmap" in line or "hugepage" in line))]
+
+
+def plain_tokens(llama: Path, model: Path, tmp_path: Path) -> list[int]:
+    with Server(llama, model, tmp_path / "plain.log", args=ARGS) as plain:
         plain.wait_ready()
-        expected = plain.complete(PROMPT)
-    with Server(llama, model, tmp_path / "wrapped.log", wrap=exec_prefix(cfg)) as wrapped:
-        wrapped.wait_ready()
-        got = wrapped.complete(PROMPT)
-        held = hugetlb_bytes(wrapped.pid, model)
-    return expected, got, held
+        tokens: list[int] = plain.complete(PROMPT)["tokens"]
+    assert tokens
+    return tokens
 
 
-def test_tokens_identical_and_model_in_huge_pages(pool: None, llama: Path, small_model: Path,
-                                                  tmp_path: Path) -> None:
-    set_pool(2048, pages_for(small_model) + 2)
-    start = free_pages(2048)
-    cfg = wrapper_config(tmp_path)
-    expected, got, held = run_pair(llama, small_model, tmp_path, cfg)
-    assert expected["tokens"] and got["tokens"] == expected["tokens"]
-    assert got["content"] == expected["content"]
-    assert held >= 0.99 * small_model.stat().st_size
+def test_auto_pool_fits_the_first_start_and_holds_all_large_memory(
+        pool: None, llama: Path, model: Path, tmp_path: Path) -> None:
+    expected = plain_tokens(llama, model, tmp_path)
+    cfg = config(tmp_path, llama, model)
+    r = agent("apply", "--config", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    target = read_int(Path("/proc/sys/vm/nr_hugepages"))
+    with Server(llama, model, tmp_path / "wrapped.log", wrap=exec_prefix(cfg),
+                args=ARGS) as srv:
+        srv.wait_ready()
+        assert srv.complete(PROMPT)["tokens"] == expected
+        mem = memory(srv.pid, model)
+        used = in_use_pages()
+        rc, data = status(cfg)
+        cmdline = Path(f"/proc/{srv.pid}/cmdline").read_bytes().split(b"\0")
     log = (tmp_path / "wrapped.log").read_text(errors="replace")
-    assert f"{small_model}: loaded" in log
-    assert wrapper_problems(log) == []
-    assert free_pages(2048) == start  # every page back after exit
+    assert wrapper_problems(log) == [], log[-3000:]  # no fallback at the first start
+    assert b"--load-mode" in cmdline and b"dio" in cmdline
+    # everything large the server reads is in huge pages, with no dead file copy
+    assert mem["huge"] >= 256 * MIB
+    assert mem["huge"] / (mem["huge"] + mem["small_pages"]) >= 0.99, mem
+    assert mem["file_copy"] == 0
+    # the auto target is within 5 % (plus the 2 % headroom) of what the server holds
+    assert used <= target <= 1.05 * 1.02 * used + 1, (target, used)
+    m = data["models"][0]
+    assert rc == 0 and m["verdict"] == "loaded" and m["coverage"] >= 0.99, data["problems"]
+    assert m["dead_bytes"] == 0 and m["hugetlb_file_bytes"] == 0
+    assert m["hugetlb_alloc_bytes"] >= 256 * MIB
+    assert m["load_mode"]["mode"] == "dio" and m["load_mode"]["chosen_by"] == "agent"
+    assert free_pages(2048) == target  # every page back after exit
 
 
-def test_status_reports_coverage_for_an_exec_started_server(pool: None, llama: Path,
-                                                           small_model: Path,
-                                                           tmp_path: Path) -> None:
-    set_pool(2048, pages_for(small_model) + 2)
-    cfg = wrapper_config(tmp_path, f'[[model]]\nname = "small"\npath = "{small_model}"\n'
-                                   "[thp]\nenabled = \"keep\"\ndefrag = \"keep\"\n")
-    with Server(llama, small_model, tmp_path / "s.log", wrap=exec_prefix(cfg)) as srv:
+def test_pool_too_small_for_the_kv_cache_degrades(pool: None, llama: Path, q4_model: Path,
+                                                  tmp_path: Path) -> None:
+    expected = plain_tokens(llama, q4_model, tmp_path)
+    cfg = config(tmp_path, llama, q4_model, size="64M")
+    set_pool(2048, 32)  # the weights fit, the 256 MiB KV cache does not
+    with Server(llama, q4_model, tmp_path / "short.log", wrap=exec_prefix(cfg),
+                args=ARGS) as srv:
         srv.wait_ready()
-        r = subprocess.run(agent_cmd("status", "--json", "--config", str(cfg)),
-                           env=agent_env(), capture_output=True, text=True, check=False)
-        data = json.loads(r.stdout)
-        m = data["models"][0]
-        assert m["pid"] == srv.pid
-        assert m["coverage"] >= 0.99 and m["verdict"] == "loaded", m
-        assert m["hugetlb_bytes"] >= 0.99 * small_model.stat().st_size
+        assert srv.complete(PROMPT)["tokens"] == expected
+        mem = memory(srv.pid, q4_model)
+        rc, data = status(cfg)
+        text = agent("status", "--config", str(cfg)).stdout
+    log = (tmp_path / "short.log").read_text(errors="replace")
+    assert "allocation of 256.0 MiB: huge page pool short" in log
+    assert "served by libc in 4 KiB pages" in log
+    assert mem["small_pages"] >= 250 * MIB
+    m = data["models"][0]
+    assert rc == 1 and data["degraded"]
+    assert m["verdict"].startswith("fell back") and m["fallback_bytes"] >= 250 * MIB, m
+    assert m["coverage"] < 0.99
+    assert "DEGRADED" in text and "fell back" in text
 
 
-def test_short_pool_falls_back_and_still_answers(pool: None, llama: Path, small_model: Path,
-                                                 tmp_path: Path) -> None:
-    set_pool(2048, 2)
-    cfg = wrapper_config(tmp_path)
-    with Server(llama, small_model, tmp_path / "plain.log") as plain:
-        plain.wait_ready()
-        expected = plain.complete(PROMPT)
-    with Server(llama, small_model, tmp_path / "fb.log", wrap=exec_prefix(cfg)) as srv:
-        srv.wait_ready()
-        assert srv.complete(PROMPT)["tokens"] == expected["tokens"]
-        assert hugetlb_bytes(srv.pid, small_model) == 0
-    log = (tmp_path / "fb.log").read_text(errors="replace")
-    assert f"{small_model}: huge page pool short: need {pages_for(small_model)} x 2 MiB " \
-           "pages, 2 free; falling back" in log
-    assert free_pages(2048) == 2
-
-
-def test_strict_mode_refuses_to_start(pool: None, llama: Path, small_model: Path,
+def test_strict_mode_refuses_to_start(pool: None, llama: Path, q4_model: Path,
                                       tmp_path: Path) -> None:
-    set_pool(2048, 2)
-    cfg = wrapper_config(tmp_path, "strict = true\n")
-    srv = Server(llama, small_model, tmp_path / "strict.log", wrap=exec_prefix(cfg))
+    cfg = config(tmp_path, llama, q4_model, extra="[wrapper]\nstrict = true\n", size="64M")
+    set_pool(2048, 32)
+    srv = Server(llama, q4_model, tmp_path / "strict.log", wrap=exec_prefix(cfg), args=ARGS)
     try:
         with pytest.raises(RuntimeError, match="llama-server exited"):
             srv.wait_ready(timeout=120)
@@ -141,65 +200,97 @@ def test_strict_mode_refuses_to_start(pool: None, llama: Path, small_model: Path
         srv.stop()
 
 
+def test_operator_load_mode_is_kept_and_its_dead_copy_reported(
+        pool: None, llama: Path, q4_model: Path, tmp_path: Path) -> None:
+    """--load-mode mmap from the operator: the file is mapped and copied (the
+    wrapper's file mode), and status says which huge pages repack made dead."""
+    args = [*ARGS, "--load-mode", "mmap"]
+    cfg = config(tmp_path, llama, q4_model, extra='[wrapper]\nmin_size = "8M"\n', args=args)
+    dry = agent("apply", "--dry-run", "--config", str(cfg))
+    assert "load mode mmap" in dry.stdout, dry.stdout
+    assert agent("apply", "--config", str(cfg)).returncode == 0
+    with Server(llama, q4_model, tmp_path / "mmap.log", wrap=exec_prefix(cfg),
+                args=args) as srv:
+        srv.wait_ready()
+        held = memfd_hugetlb_bytes(Path(f"/proc/{srv.pid}/smaps"), q4_model)
+        rc, data = status(cfg)
+    assert held >= 0.99 * q4_model.stat().st_size
+    m = data["models"][0]
+    assert m["load_mode"] == {"mode": "mmap", "chosen_by": "operator",
+                              "note": m["load_mode"]["note"]}
+    assert "repack" in m["load_mode"]["note"]
+    assert m["dead_bytes"] >= 0.9 * q4_model.stat().st_size, m
+    assert rc == 1 and "dead huge pages" in m["verdict"]
+
+
 @pytest.mark.slow
 def test_model_over_2_gib(pool: None, llama: Path, tmp_path: Path) -> None:
     model = ggufmodel.cached(BIG)
     assert model.stat().st_size > 2 << 30
-    if set_pool(2048, pages_for(model) + 2) < pages_for(model) + 2:
-        pytest.skip("the kernel could not give the pool for the 2.2 GiB model")
-    start = free_pages(2048)
-    expected, got, held = run_pair(llama, model, tmp_path, wrapper_config(tmp_path))
-    assert expected["tokens"] and got["tokens"] == expected["tokens"]
-    assert held >= 0.99 * model.stat().st_size
+    args = ["--ctx-size", "1024"]
+    with Server(llama, model, tmp_path / "plain.log", args=args) as plain:
+        plain.wait_ready()
+        expected = plain.complete(PROMPT)["tokens"]
+    cfg = config(tmp_path, llama, model, args=args)
+    r = agent("apply", "--config", str(cfg))
+    if r.returncode != 0:
+        pytest.skip(f"the kernel could not give the pool for the 2.2 GiB model: {r.stdout}")
+    with Server(llama, model, tmp_path / "wrapped.log", wrap=exec_prefix(cfg),
+                args=args) as srv:
+        srv.wait_ready()
+        assert srv.complete(PROMPT)["tokens"] == expected
+        mem = memory(srv.pid, model)
+    assert mem["huge"] >= model.stat().st_size * 0.95
+    assert mem["huge"] / (mem["huge"] + mem["small_pages"]) >= 0.99, mem
     assert wrapper_problems((tmp_path / "wrapped.log").read_text(errors="replace")) == []
-    assert free_pages(2048) == start
 
 
 @pytest.fixture(scope="module")
-def llama_ct(llama: Path, small_model: Path, wrapper_build: Path) -> Iterator[Container]:
+def llama_ct(llama: Path, q4_model: Path, wrapper_build: Path) -> Iterator[Container]:
     def setup(c: Container) -> None:
-        shutil.copy2(llama, c.path("/usr/local/bin/llama-server"))
+        for tool in ("llama-server", "llama-fit-params"):
+            shutil.copy2(llama.parent / tool, c.path(f"/usr/local/bin/{tool}"))
         c.path("/srv/models").mkdir(parents=True)
-        shutil.copy2(small_model, c.path("/srv/models/small.gguf"))
+        shutil.copy2(q4_model, c.path("/srv/models/small.gguf"))
 
     with booted("hpa-llama", setup, stop_units=["llama-server@small.service"]) as c:
         yield c
 
 
-def test_model_unit_under_systemd(llama_ct: Container, llama: Path, small_model: Path,
+def test_model_unit_under_systemd(llama_ct: Container, llama: Path, q4_model: Path,
                                   tmp_path: Path) -> None:
     ct = llama_ct
-    with Server(llama, small_model, tmp_path / "plain.log") as plain:
-        plain.wait_ready()
-        expected = plain.complete(PROMPT)
-    port = plain.port
+    expected = plain_tokens(llama, q4_model, tmp_path)
+    client = Server.__new__(Server)  # a client of the unit's server
+    client.port = free_port()
     ct.path("/etc/hugepage-agent/config.toml").write_text(
-        '[pool]\nheadroom = 2\n[wrapper]\nmin_size = "8M"\n'
         '[[model]]\nname = "small"\npath = "/srv/models/small.gguf"\n'
-        f'args = ["--host", "127.0.0.1", "--port", "{port}", "--threads", "2", '
-        '"--ctx-size", "256"]\n')
+        f'args = ["--host", "127.0.0.1", "--port", "{client.port}", "--threads", "2", '
+        f'"--ctx-size", "{CTX}"]\n')
     ct.systemctl("start", "hugepage-agent.service")
     unit = "llama-server@small.service"
     deadline = time.monotonic() + 120
-    srv = Server.__new__(Server)
-    srv.port = port
     while time.monotonic() < deadline:
         try:
-            got = srv.complete(PROMPT)
+            got = client.complete(PROMPT)
             break
         except OSError:
             time.sleep(0.3)
     else:
         raise AssertionError(ct.journal(unit))
-    assert got["tokens"] == expected["tokens"]
+    assert got["tokens"] == expected
     pid = int(ct.prop(unit, "MainPID"))
     assert b"LD_PRELOAD=/usr/lib/hugepage-agent/libhugepage-wrapper.so" in \
         ct.proc(pid, "environ").read_bytes()
-    status = json.loads(ct.run("hugepage-agent", "status", "--json", check=False).stdout)
-    m = status["models"][0]
+    mem = memory(pid, Path("/srv/models/small.gguf"))
+    assert mem["huge"] >= 256 * MIB and mem["file_copy"] == 0
+    assert mem["huge"] / (mem["huge"] + mem["small_pages"]) >= 0.99, mem
+    r = ct.run("hugepage-agent", "status", "--json", check=False)
+    data = json.loads(r.stdout)
+    m = data["models"][0]
     assert m["unit"] == unit and m["active"] and m["coverage"] >= 0.99, m
-    log = ct.journal(unit)
-    assert "/srv/models/small.gguf: loaded" in log and wrapper_problems(log) == []
+    assert m["verdict"] == "loaded" and r.returncode == 0, data["problems"]
+    assert wrapper_problems(ct.journal(unit)) == []
 
 
 def test_strict_model_unit_fails_when_the_pool_is_short(llama_ct: Container) -> None:
@@ -207,8 +298,7 @@ def test_strict_model_unit_fails_when_the_pool_is_short(llama_ct: Container) -> 
     unit = "llama-server@small.service"
     ct.systemctl("stop", unit)  # its pages back, so that the pool can shrink
     cfg = ct.path("/etc/hugepage-agent/config.toml")
-    cfg.write_text(cfg.read_text().replace("[pool]\nheadroom = 2\n", "[pool]\nsize = 2\n")
-                   .replace('[wrapper]\n', '[wrapper]\nstrict = true\n'))
+    cfg.write_text('[pool]\nsize = 2\n[wrapper]\nstrict = true\n' + cfg.read_text())
     ct.systemctl("reload", "hugepage-agent.service")
     assert Path("/proc/sys/vm/nr_hugepages").read_text().strip() == "2"
     ct.systemctl("start", unit, check=False)
@@ -216,6 +306,5 @@ def test_strict_model_unit_fails_when_the_pool_is_short(llama_ct: Container) -> 
     while time.monotonic() < deadline and ct.prop(unit, "Result") == "success":
         time.sleep(0.3)
     assert ct.prop(unit, "Result") == "exit-code", ct.journal(unit)
-    log = ct.journal(unit)
-    assert "strict mode" in log and "/srv/models/small.gguf" in log
+    assert "strict mode" in ct.journal(unit)
     ct.systemctl("stop", unit, check=False)

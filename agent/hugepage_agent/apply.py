@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from hugepage_agent import persist, pools, reserve, thp, units
+from hugepage_agent import footprint, loadmode, persist, pools, reserve, thp, units
 from hugepage_agent.config import Config
 from hugepage_agent.errors import HostError
 from hugepage_agent.host import Host
@@ -26,6 +26,7 @@ STATE_FILE = "/run/hugepage-agent/last-apply.json"
 class ApplyReport:
     plan: Plan
     dry_run: bool
+    footprints: dict[str, footprint.Footprint]
     pools_before: tuple[tuple[str, int, int], ...]  # (label, pages now, target) per pool
     thp_changes: tuple[thp.Change, ...]
     thp_cmdline: str | None
@@ -39,8 +40,15 @@ class ApplyReport:
         return self.result is None or self.result.met
 
 
-def plan_for(host: Host, cfg: Config) -> Plan:
-    return make_plan(cfg, pools.mem_total_bytes(host), pools.online_nodes(host))
+def plan_for(host: Host, cfg: Config, fresh: bool = False) -> Plan:
+    """`fresh`: project each model's memory anew (asks llama.cpp); otherwise use
+    what the last apply projected, or an estimate."""
+    return plan_with(host, cfg, footprint.project_models(host, cfg, fresh))
+
+
+def plan_with(host: Host, cfg: Config, fps: dict[str, footprint.Footprint]) -> Plan:
+    needs = {name: fp.pool_bytes(cfg.pool.page_size) for name, fp in fps.items()}
+    return make_plan(cfg, pools.mem_total_bytes(host), pools.online_nodes(host), needs)
 
 
 def controls(host: Host, plan: Plan) -> list[pools.KernelPool]:
@@ -57,7 +65,12 @@ def boot_hint(plan: Plan) -> str:
 
 
 def apply(host: Host, cfg: Config, dry_run: bool = False) -> ApplyReport:
-    plan = plan_for(host, cfg)
+    fps = footprint.project_models(host, cfg, fresh=True)
+    plan = plan_with(host, cfg, fps)
+    for m in cfg.models:
+        lm = loadmode.resolve(cfg.server.load_mode, cfg.server.binary, m.args)
+        if lm.chosen_by == "operator" and not lm.heap:
+            log.warning("model %s: its args choose load mode %s: %s", m.name, lm.mode, lm.note)
     if plan.page_size_kb not in pools.supported_sizes_kb(host):
         raise HostError(f"the kernel has no {units.page_size_name(plan.page_size)} huge pages "
                         f"({pools.HUGEPAGES_DIR}/hugepages-{plan.page_size_kb}kB is missing)")
@@ -80,6 +93,7 @@ def apply(host: Host, cfg: Config, dry_run: bool = False) -> ApplyReport:
         thp.apply_changes(host, changes)
         for c in changes:
             log.info("THP: %s: %s -> %s", c.path, c.old, c.new)
+        footprint.remember(host, cfg, fps)
         result = reserve.reserve(
             targets, cfg.reserve.timeout,
             drop_caches=(lambda: pools.drop_caches(host)) if cfg.reserve.drop_caches else None)
@@ -95,7 +109,7 @@ def apply(host: Host, cfg: Config, dry_run: bool = False) -> ApplyReport:
         if cf.overrides:
             log.warning("%s:%d sets %s = %s, which overrides %s at boot; remove it",
                         cf.file, cf.line, persist.SYSCTL_KEY, cf.value, persist.SYSCTL_FILE)
-    return ApplyReport(plan=plan, dry_run=dry_run, pools_before=before,
+    return ApplyReport(plan=plan, dry_run=dry_run, footprints=fps, pools_before=before,
                        thp_changes=tuple(changes), thp_cmdline=state.cmdline,
                        files=tuple(files), conflicts=tuple(conflicts), result=result,
                        boot_hint=hint)
@@ -110,6 +124,13 @@ def _save_state(host: Host, plan: Plan, result: reserve.ReserveResult) -> None:
         "start": result.start,
         "rounds": result.rounds,
         "seconds": round(result.seconds, 3),
+        "stop": result.stop,
+        "why": result.explain(),
+        "first_write": result.first_write,
+        "measures": [{"name": m.name, "runs": m.runs, "gained": m.gained}
+                     for m in result.measures],
+        "missing_bytes": result.missing_bytes,
+        "room_bytes": result.room_bytes,
     }
     try:
         host.write_atomic(STATE_FILE, json.dumps(state, indent=1) + "\n")
@@ -139,6 +160,14 @@ def render(report: ApplyReport) -> str:
                  f"limit {units.human_bytes(p.limit_bytes)}")
     if p.per_node:
         lines.append("  per node: " + ", ".join(f"node {n}: {c}" for n, c in p.per_node))
+    if p.auto:
+        for name, pages in p.per_model:
+            fp = report.footprints.get(name)
+            detail = fp.breakdown() if fp else "the file size (not a GGUF model)"
+            lines.append(f"  model {name}: {pages} pages: {detail}")
+            if fp and fp.dead:
+                lines.append(f"    of which {units.human_bytes(fp.dead)} dead: "
+                             f"{loadmode.NOTES['mmap']}")
     if report.dry_run:
         for label, pages, goal in report.pools_before:
             lines.append(f"would set {label}: {pages} -> {goal} pages")
@@ -169,11 +198,17 @@ def render(report: ApplyReport) -> str:
         status = "met" if r.met else f"SHORT by {r.target - r.achieved} pages"
         lines.append(f"reserved: {r.achieved} of {r.target} x {ps} pages ({status}); "
                      f"started from {r.start}, {r.rounds} rounds, {r.seconds:.2f} s")
+        lines.append(f"  measures: {r.measures_text()}")
+        if not r.met:
+            lines.append(f"  stopped: {r.explain()}")
         if len(r.per_pool) > 1:
             for label, goal, have in r.per_pool:
                 lines.append(f"  {label}: {have} of {goal}")
-        if not r.met:
-            lines.append("the pool is short: free memory is fragmented or in use. Try "
+        if not r.met and r.stop == reserve.STOP_NO_MEMORY:
+            lines.append("the pool is short because memory is in use: stop memory-hungry "
+                         "services, lower pool.size, or reserve at boot.")
+        elif not r.met:
+            lines.append("the pool is short: free memory is fragmented or pinned. Try "
                          "`hugepage-agent apply` again after stopping memory-hungry services, "
                          "set [reserve] drop_caches = true, or reserve at boot.")
     if report.boot_hint:

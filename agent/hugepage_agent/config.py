@@ -35,6 +35,8 @@ THP_MODES = ("always", "madvise", "never", "keep")
 DEFRAG_MODES = ("always", "defer", "defer+madvise", "madvise", "never", "keep")
 WRAPPER_LOG = ("quiet", "info", "debug")
 WRAPPER_PAGE = ("auto", "2M", "1G")
+LOAD_MODES = ("dio", "none", "keep")
+DEFAULT_ALLOC_MIN = 8 * units.MIB
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.\\\-@]+\.service$")
 
@@ -68,6 +70,7 @@ class ReserveConfig:
 class WrapperConfig:
     library: str = ""  # empty: the installed library, or the checkout's build
     min_size: int = units.GIB
+    alloc_min_size: int = DEFAULT_ALLOC_MIN  # 0: allocations are not served
     page_size: str = "auto"
     strict: bool = False
     log: str = "info"
@@ -77,6 +80,8 @@ class WrapperConfig:
 @dataclass(frozen=True)
 class ServerConfig:
     binary: str = DEFAULT_SERVER
+    # how the agent has llama.cpp load the weights, unless a model's args choose
+    load_mode: str = "dio"
 
 
 @dataclass(frozen=True)
@@ -119,9 +124,9 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
              "limit": (str, int), "nodes": dict},
     "thp": {"enabled": str, "defrag": str},
     "reserve": {"timeout": (str, int, float), "drop_caches": bool},
-    "wrapper": {"library": str, "min_size": (str, int), "page_size": str, "strict": bool,
-                "log": str, "threads": int},
-    "server": {"binary": str},
+    "wrapper": {"library": str, "min_size": (str, int), "alloc_min_size": (str, int),
+                "page_size": str, "strict": bool, "log": str, "threads": int},
+    "server": {"binary": str, "load_mode": str},
     "metrics": {"textfile_dir": str, "interval": (str, int, float)},
 }
 _MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -281,6 +286,11 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
                       w.get("min_size", "1G")).bytes
     if not min_size:
         raise ConfigError(src("wrapper.min_size"), "wrapper.min_size", "must be more than zero")
+    alloc_raw = w.get("alloc_min_size", "8M")
+    alloc_min = 0 if alloc_raw in ("off", 0) else _field(
+        src("wrapper.alloc_min_size"), "wrapper.alloc_min_size",
+        lambda v: units.parse_amount(v, allow_pages=False, allow_share=False),
+        alloc_raw).bytes
     wpage = choice("wrapper.page_size", "auto", WRAPPER_PAGE)
     wlog = choice("wrapper.log", "info", WRAPPER_LOG)
     threads = w.get("threads", 0)
@@ -291,6 +301,7 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
         raise ConfigError(src("wrapper.library"), "wrapper.library", "must be an absolute path")
 
     binary = raw.get("server", {}).get("binary", DEFAULT_SERVER)
+    load_mode = choice("server.load_mode", "dio", LOAD_MODES)
     if not binary.startswith("/"):
         raise ConfigError(src("server.binary"), "server.binary", "must be an absolute path")
 
@@ -310,9 +321,10 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
                         nodes=nodes),
         thp=ThpConfig(enabled=enabled, defrag=defrag),
         reserve=ReserveConfig(timeout=timeout, drop_caches=r.get("drop_caches", False)),
-        wrapper=WrapperConfig(library=library, min_size=min_size, page_size=wpage,
+        wrapper=WrapperConfig(library=library, min_size=min_size, alloc_min_size=alloc_min,
+                              page_size=wpage,
                               strict=w.get("strict", False), log=wlog, threads=threads),
-        server=ServerConfig(binary=binary),
+        server=ServerConfig(binary=binary, load_mode=load_mode),
         metrics=MetricsConfig(textfile_dir=textfile_dir, interval=interval),
         models=tuple(_model(f, i, m) for f, i, m in models.values()),
         origins=tuple(sorted(origins.items())),

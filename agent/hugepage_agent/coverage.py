@@ -1,9 +1,14 @@
-"""How much of a model file sits in huge pages, from /proc/PID/smaps.
+"""What a model server's memory sits in, from /proc/PID/smaps.
 
-The wrapper names its hugetlb memfd `hugepage-wrapper:<path>`, so smaps shows
-`/memfd:hugepage-wrapper:<path> (deleted)` with the huge page bytes; a plain
-file mapping shows the path itself (with FilePmdMapped, the part the kernel
-maps with 2 MiB entries from the page cache)."""
+The wrapper names its hugetlb memory, so smaps attributes it:
+  - `/memfd:hugepage-wrapper:<path> (deleted)`: the model file mapping, copied;
+  - `/memfd:hugepage-wrapper-heap (deleted)`: large heap allocations (weights
+    read by llama.cpp itself, repack buffers, KV cache, compute buffers).
+What is not in huge pages: the model file mapped directly (a fallback, or no
+wrapper; FilePmdMapped is the part the kernel maps with 2 MiB entries from
+the page cache) and large anonymous mappings (allocations of at least the
+wrapper's threshold that libc served, in 4 KiB pages, when the pool was short).
+"""
 
 from __future__ import annotations
 
@@ -12,79 +17,124 @@ from dataclasses import dataclass
 from hugepage_agent.host import Host
 
 MEMFD_PREFIX = "/memfd:hugepage-wrapper:"
+HEAP_MEMFD = "/memfd:hugepage-wrapper-heap"
 LIBRARY_NAME = "libhugepage-wrapper.so"
+
+_FILE, _HEAP, _PLAIN, _ANON = "file", "heap", "plain", "anon"
 
 
 @dataclass(frozen=True)
 class Coverage:
-    hugetlb_bytes: int
+    file_hugetlb_bytes: int  # the model file's copy in huge pages
+    heap_hugetlb_bytes: int  # allocations in huge pages
     page_size_kb: int | None
     file_mapped_bytes: int  # the file mapped directly (fallback or no wrapper)
     file_pmd_bytes: int
+    large_anon_bytes: int  # large allocations in 4 KiB pages
     wrapper_loaded: bool
-    filling: bool  # the copy is still being written (the wrapper makes it read-only after)
+    filling: bool  # the file copy is still being written (the wrapper makes it read-only after)
+
+    @property
+    def hugetlb_bytes(self) -> int:
+        return self.file_hugetlb_bytes + self.heap_hugetlb_bytes
+
+    @property
+    def fallback_bytes(self) -> int:
+        """Large memory of the server that is not in huge pages."""
+        return self.file_mapped_bytes + self.large_anon_bytes
 
 
-def parse_smaps(text: str, model_path: str) -> Coverage:
-    hugetlb = file_rss = pmd = 0
+def _vma_kind(head: list[str], model_path: str, large: int) -> str | None:
+    name = head[5] if len(head) > 5 else ""
+    if name.endswith(" (deleted)"):
+        name = name[: -len(" (deleted)")]
+    if name == f"{MEMFD_PREFIX}{model_path}":
+        return _FILE
+    if name == HEAP_MEMFD:
+        return _HEAP
+    if name == model_path:
+        return _PLAIN
+    if name == "" and large and "rw" in head[1]:
+        lo, _, hi = head[0].partition("-")
+        if int(hi, 16) - int(lo, 16) >= large:
+            return _ANON
+    return None
+
+
+def parse_smaps(text: str, model_path: str, large: int = 0) -> Coverage:
+    """`large`: the size from which an anonymous mapping counts as a large
+    allocation (the wrapper's threshold; 0: not counted)."""
+    sums = {_FILE: 0, _HEAP: 0, _PLAIN: 0, _ANON: 0}
+    pmd = 0
     page_kb: int | None = None
-    wrapper = False
-    filling = False
-    target = None  # "memfd" | "file" | None for the current mapping
-    want_memfd = f"{MEMFD_PREFIX}{model_path}"
+    wrapper = filling = False
+    kind: str | None = None
     for line in text.splitlines():
         head = line.split(None, 5)
         if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
-            name = head[5] if len(head) > 5 else ""
-            if name.endswith(" (deleted)"):
-                name = name[: -len(" (deleted)")]
-            if name.endswith(LIBRARY_NAME):
+            if (head[5] if len(head) > 5 else "").endswith(LIBRARY_NAME):
                 wrapper = True
-            target = "memfd" if name == want_memfd else "file" if name == model_path else None
-            if target == "memfd" and "w" in head[1]:
+            kind = _vma_kind(head, model_path, large)
+            if kind == _FILE and "w" in head[1]:
                 filling = True
             continue
-        if target is None:
+        if kind is None:
             continue
         key, _, rest = line.partition(":")
         parts = rest.split()
         if not parts or not parts[0].isdigit():
             continue
         kb = int(parts[0])
-        if target == "memfd" and key in ("Private_Hugetlb", "Shared_Hugetlb"):
-            hugetlb += kb * 1024
-        elif target == "memfd" and key == "KernelPageSize":
-            page_kb = kb
-        elif target == "file" and key == "Rss":
-            file_rss += kb * 1024
-        elif target == "file" and key == "FilePmdMapped":
+        if kind in (_FILE, _HEAP):
+            if key in ("Private_Hugetlb", "Shared_Hugetlb"):
+                sums[kind] += kb * 1024
+            elif key == "KernelPageSize":
+                page_kb = kb
+        elif key == "Rss":
+            sums[kind] += kb * 1024
+        elif kind == _PLAIN and key == "FilePmdMapped":
             pmd += kb * 1024
-    return Coverage(hugetlb, page_kb, file_rss, pmd, wrapper, filling)
+    return Coverage(file_hugetlb_bytes=sums[_FILE], heap_hugetlb_bytes=sums[_HEAP],
+                    page_size_kb=page_kb, file_mapped_bytes=sums[_PLAIN], file_pmd_bytes=pmd,
+                    large_anon_bytes=sums[_ANON], wrapper_loaded=wrapper, filling=filling)
 
 
-def read_coverage(host: Host, pid: int, model_path: str) -> Coverage | None:
+def read_coverage(host: Host, pid: int, model_path: str, large: int = 0) -> Coverage | None:
     """None when the process's smaps cannot be read (gone, or another user's)."""
     try:
         text = host.read_optional(f"/proc/{pid}/smaps")
     except Exception:
         return None
-    return parse_smaps(text, model_path) if text is not None else None
+    return parse_smaps(text, model_path, large) if text is not None else None
 
 
 def pids_holding(host: Host, model_path: str) -> list[int]:
     """Processes that map this model, those holding the huge page copy first
     (for hosts without systemd, or programs started with `hugepage-agent
-    exec`). Only the processes whose maps the caller may read are seen."""
+    exec`). A server that read its weights itself (load mode dio or none) maps
+    no file: it is found by its command line naming the model. Only the
+    processes whose maps the caller may read are seen."""
     copy = f"{MEMFD_PREFIX}{model_path} (deleted)\n"
     plain = f" {model_path}\n"  # a fallback maps the file itself
-    copies, plains = [], []
+    copies, plains, named = [], [], []
     for p in host.glob("/proc/[0-9]*/maps"):
+        pid = int(p.split("/")[2])
         try:
             text = host.read_optional(p)
         except Exception:
             continue
         if text and copy in text:
-            copies.append(int(p.split("/")[2]))
+            copies.append(pid)
         elif text and plain in text:
-            plains.append(int(p.split("/")[2]))
-    return sorted(copies) + sorted(plains)
+            plains.append(pid)
+        elif text and LIBRARY_NAME in text and _cmdline_names(host, pid, model_path):
+            named.append(pid)
+    return sorted(copies) + sorted(plains) + sorted(named)
+
+
+def _cmdline_names(host: Host, pid: int, model_path: str) -> bool:
+    try:
+        raw = host.read_optional(f"/proc/{pid}/cmdline")
+    except Exception:
+        return False
+    return bool(raw) and model_path in (raw or "").split("\0")

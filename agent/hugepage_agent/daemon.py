@@ -132,9 +132,10 @@ class Agent:
         r = report.result
         if r is None:
             return "nothing reserved"
-        state = "met" if r.met else f"SHORT by {r.target - r.achieved}"
+        state = "met" if r.met else f"SHORT by {r.target - r.achieved}: {r.explain()}"
         return (f"pool {r.achieved} of {r.target} x {report.plan.page_size_kb} kB pages "
-                f"({state}, {r.rounds} rounds, {r.seconds:.2f} s)")
+                f"({state}; {r.rounds} rounds, {r.seconds:.2f} s; "
+                f"measures: {r.measures_text()})")
 
     def status(self) -> dict[str, Any]:
         return status.collect(self.host, self.cfg, systemd=self.systemd)

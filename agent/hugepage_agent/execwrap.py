@@ -5,10 +5,12 @@ configuration into the library's environment (the drop-ins use it too)."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from hugepage_agent import loadmode
 from hugepage_agent.config import DEFAULT_LIBRARY, Config
 from hugepage_agent.errors import AgentError, ConfigError
 
@@ -40,6 +42,7 @@ def wrapper_env(cfg: Config, library: str) -> dict[str, str]:
     env = {
         "LD_PRELOAD": library,
         "HUGEPAGE_WRAPPER_MIN_SIZE": str(w.min_size),
+        "HUGEPAGE_WRAPPER_ALLOC_MIN_SIZE": str(w.alloc_min_size),
         "HUGEPAGE_WRAPPER_PAGE_SIZE": w.page_size,
         "HUGEPAGE_WRAPPER_STRICT": "1" if w.strict else "0",
         "HUGEPAGE_WRAPPER_LOG": w.log,
@@ -62,7 +65,12 @@ def exec_command(cfg: Config, argv: Sequence[str]) -> NoReturn:
     if not argv:
         raise AgentError("exec: no command given (usage: hugepage-agent exec -- CMD ARGS...)")
     env = merged_env(os.environ, wrapper_env(cfg, find_library(cfg)))
+    argv = list(argv)
+    if loadmode.is_llama_server(argv[0]):
+        # as for the model units: weights into huge page heap buffers, unless chosen
+        binary = shutil.which(argv[0]) or argv[0]
+        argv[1:1] = loadmode.resolve(cfg.server.load_mode, binary, argv[1:]).added
     try:
-        os.execvpe(argv[0], list(argv), env)
+        os.execvpe(argv[0], argv, env)
     except OSError as e:
         raise AgentError(f"exec: cannot run {argv[0]}: {e.strerror or e}") from e

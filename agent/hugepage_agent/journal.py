@@ -26,9 +26,16 @@ def wrapper_lines(pid: int, unit: str | None = None) -> list[str]:
 
 
 def fallback_reason(lines: list[str], model_path: str) -> str | None:
-    """'huge page pool short: need 151 x 2 MiB pages, 3 free' from the last line about it."""
+    """'huge page pool short: need 151 x 2 MiB pages, 3 free' from the last line
+    about the model file; else the allocations that fell back, from their lines
+    ('allocation of 256.0 MiB: huge page pool short: need 128 x 2 MiB pages, 4 free')."""
     for line in reversed(lines):
         _, _, rest = line.partition(f"]: {model_path}: ")
         if rest and not rest.startswith("loaded"):
             return rest.split("; falling back")[0].split("; not falling back")[0]
+    allocs = [line.partition("]: ")[2].split("; served by libc")[0]
+              for line in lines if "]: allocation of " in line and "; served by libc" in line]
+    if allocs:
+        more = f" (and {len(allocs) - 1} more)" if len(allocs) > 1 else ""
+        return allocs[0] + more
     return None

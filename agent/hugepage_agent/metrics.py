@@ -75,8 +75,21 @@ def render(data: dict[str, Any]) -> str:
         lab = {"model": m["name"], "unit": m["unit"]}
         out.metric("model_bytes", "Size of the model file", m["model_bytes"], **lab)
         if m["hugetlb_bytes"] is not None:
-            out.metric("model_hugetlb_bytes", "Bytes of the model file held in huge pages",
+            out.metric("model_hugetlb_bytes", "Bytes the model's server holds in huge pages",
                        m["hugetlb_bytes"], **lab)
+            for kind, key in (("file", "hugetlb_file_bytes"), ("alloc", "hugetlb_alloc_bytes")):
+                out.metric("model_hugetlb_kind_bytes",
+                           "Bytes in huge pages by kind: the model file's copy, allocations",
+                           m[key], kind=kind, **lab)
+            out.metric("model_fallback_bytes",
+                       "Large memory of the server not in huge pages (fell back)",
+                       m["fallback_bytes"], **lab)
+            out.metric("model_dead_bytes", "Huge pages the server holds but never reads",
+                       m["dead_bytes"], **lab)
+            out.metric("model_used_bytes", "Large memory the server uses",
+                       m["used_bytes"], **lab)
+            out.metric("model_coverage_ratio", "Share of the used memory in huge pages",
+                       m["coverage"], **lab)
         out.metric("model_unit_active", "1 when the model's unit is active",
                    1 if m["active"] else 0, **lab)
     out.metric("degraded", "1 when the host is not as configured", 1 if data["degraded"] else 0)

@@ -8,7 +8,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from hugepage_agent import unitfiles
+from hugepage_agent import loadmode, unitfiles
 from hugepage_agent.config import Config
 from hugepage_agent.errors import ConfigError
 from hugepage_agent.execwrap import wrapper_env
@@ -38,7 +38,9 @@ def render_all(cfg: Config, library: str) -> dict[str, str]:
             raise ConfigError(cfg.origin("wrapper.library"), f"model[{i}]",
                               f"cannot be written into a unit file: {e}") from e
         if m.unit is None:
-            out[unitfiles.model_file(m.name)] = unitfiles.render_model_file(m, cfg.server.binary)
+            lm = loadmode.resolve(cfg.server.load_mode, cfg.server.binary, m.args)
+            out[unitfiles.model_file(m.name)] = unitfiles.render_model_file(
+                m, cfg.server.binary, lm.added)
     return out
 
 

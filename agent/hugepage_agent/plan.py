@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hugepage_agent import units
@@ -19,6 +20,7 @@ class Plan:
     model_pages: int  # what the models need before headroom
     limit_bytes: int
     mem_total: int
+    per_model: tuple[tuple[str, int], ...] = ()  # (model, pages) behind an auto target
 
     @property
     def page_size_kb(self) -> int:
@@ -29,11 +31,17 @@ class Plan:
         return self.target * self.page_size
 
 
-def make_plan(cfg: Config, mem_total: int, nodes_online: list[int]) -> Plan:
-    """Raises ConfigError for a target above the limit or a missing NUMA node."""
+def make_plan(cfg: Config, mem_total: int, nodes_online: list[int],
+              needs: Mapping[str, int] | None = None) -> Plan:
+    """`needs`: bytes each model's server takes from the pool at its peak (by
+    name; a model not named needs its file size). Raises ConfigError for a
+    target above the limit or a missing NUMA node."""
     pool = cfg.pool
     ps = pool.page_size
-    model_pages = sum(units.pages_for(m.size, ps) for m in cfg.models)
+    needs = needs or {}
+    per_model = tuple((m.name, units.pages_for(needs.get(m.name, m.size), ps))
+                      for m in cfg.models)
+    model_pages = sum(p for _, p in per_model)
     if pool.size is None:
         target = model_pages + pool.headroom.resolve_pages(ps, model_pages * ps)
     else:
@@ -61,4 +69,4 @@ def make_plan(cfg: Config, mem_total: int, nodes_online: list[int]) -> Plan:
         target = sum(n for _, n in per_node)
     return Plan(page_size=ps, target=target, per_node=tuple(per_node),
                 auto=pool.size is None, model_pages=model_pages, limit_bytes=limit_bytes,
-                mem_total=mem_total)
+                mem_total=mem_total, per_model=per_model)

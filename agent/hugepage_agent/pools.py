@@ -5,9 +5,11 @@ Pure parsers (`parse_*`) beside thin readers that go through the Host.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
+from hugepage_agent.errors import HostError
 from hugepage_agent.host import Host
 
 MEMINFO = "/proc/meminfo"
@@ -43,6 +45,25 @@ def parse_meminfo(text: str) -> dict[str, int]:
         if parts and parts[0].isdigit():
             out[key.strip()] = int(parts[0])
     return out
+
+
+def parse_node_meminfo(text: str) -> dict[str, int]:
+    """A node's meminfo ('Node 0 MemFree:  123 kB') as parse_meminfo gives it."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        words = line.split(None, 2)
+        if len(words) == 3 and words[0] == "Node":
+            out.update(parse_meminfo(words[2]))
+    return out
+
+
+def room_bytes(info: dict[str, int]) -> tuple[int, int]:
+    """(free, reclaimable) bytes from a meminfo: free pages, then the file LRU
+    (page cache the kernel can write back and drop) and reclaimable slab."""
+    free = info.get("MemFree", 0)
+    reclaimable = (info.get("Active(file)", 0) + info.get("Inactive(file)", 0)
+                   + info.get("SReclaimable", 0))
+    return free * 1024, reclaimable * 1024
 
 
 def parse_node_list(text: str) -> list[int]:
@@ -143,6 +164,7 @@ class KernelPool:
         self.page_size_kb = page_size_kb
         self.node = node
         self.knob = knob_path(host, page_size_kb, node)
+        self.page_bytes = page_size_kb * 1024
         where = f" on node {node}" if node is not None else ""
         self.label = f"{page_size_kb // 1024 if page_size_kb < 1048576 else 1}" \
                      f"{'M' if page_size_kb < 1048576 else 'G'} pool{where}"
@@ -159,3 +181,40 @@ class KernelPool:
 
     def compact(self) -> None:
         compact(self.host, self.node)
+
+    def compact_nodes(self) -> None:
+        for node in ([self.node] if self.node is not None else online_nodes(self.host)):
+            compact(self.host, node)
+
+    def nodes_differ(self) -> bool:
+        return self.node is None and len(online_nodes(self.host)) > 1
+
+    def evacuate(self, nbytes: int) -> bool:
+        gib_kb = 1048576
+        knob = f"{size_dir(gib_kb, self.node)}/nr_hugepages"
+        if self.page_size_kb == gib_kb or not self.host.exists(knob):
+            return False
+        try:
+            before = self.host.read_int(knob)
+            self.host.write_knob(knob, str(before + -(-nbytes // (gib_kb * 1024))))
+        except HostError:
+            return False
+        finally:
+            with contextlib.suppress(HostError, UnboundLocalError):
+                self.host.write_knob(knob, str(before))
+        return True
+
+    def reclaim(self, nbytes: int) -> bool:
+        nodes = [self.node] if self.node is not None else online_nodes(self.host)
+        knobs = [f"{NODE_DIR}/node{n}/reclaim" for n in nodes]
+        knobs = [k for k in knobs if self.host.exists(k)]
+        for k in knobs:  # a global pool: each node its share
+            with contextlib.suppress(HostError):  # EAGAIN: less was reclaimable
+                self.host.write_knob(k, str(max(nbytes // len(knobs), 1 << 20)))
+        return bool(knobs)
+
+    def room(self) -> tuple[int, int]:
+        if self.node is None:
+            return room_bytes(read_meminfo(self.host))
+        text = self.host.read_optional(f"{NODE_DIR}/node{self.node}/meminfo")
+        return room_bytes(parse_node_meminfo(text or ""))

@@ -13,7 +13,9 @@ from hugepage_agent import (
     __version__,
     apply,
     coverage,
+    footprint,
     journal,
+    loadmode,
     persist,
     pools,
     thp,
@@ -28,7 +30,7 @@ from hugepage_agent.systemd import Systemd, SystemdError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _pool_entry(p: pools.PoolState, plan: Plan | None) -> dict[str, Any]:
@@ -51,15 +53,55 @@ def _pool_entry(p: pools.PoolState, plan: Plan | None) -> dict[str, Any]:
     }
 
 
-def _model_entry(host: Host, m: ModelConfig, systemd: Systemd | None,
+def _model_entry(host: Host, cfg: Config, m: ModelConfig,
+                 ctx: tuple[Systemd | None, footprint.Footprint | None],
                  problems: list[str]) -> dict[str, Any]:
+    systemd, fp = ctx
     unit = unitfiles.unit_for(m)
+    lm = loadmode.resolve(cfg.server.load_mode, cfg.server.binary, m.args) \
+        if m.unit is None else loadmode.LoadMode("unknown", "operator's unit", ())
     entry: dict[str, Any] = {
         "name": m.name, "path": m.path, "unit": unit, "active": None, "state": None,
-        "pid": None, "model_bytes": m.size, "hugetlb_bytes": None, "coverage": None,
+        "pid": None, "model_bytes": m.size, "hugetlb_bytes": None,
+        "hugetlb_file_bytes": None, "hugetlb_alloc_bytes": None, "fallback_bytes": None,
+        "dead_bytes": None, "used_bytes": None, "coverage": None,
         "page_size_kb": None, "wrapper_loaded": None, "file_pmd_bytes": None,
+        "load_mode": {"mode": lm.mode, "chosen_by": lm.chosen_by, "note": lm.note},
         "verdict": "unknown",
     }
+    pid = _find_server(host, m, unit, systemd, entry)
+    if not pid:
+        if systemd is None:
+            entry["verdict"] = "unknown: systemd not reachable, no process holds the model"
+        elif entry["verdict"] == "unknown":
+            entry["verdict"] = "not running"
+            if m.autostart:
+                problems.append(f"model {m.name}: {unit} is {entry['state']}")
+        return entry
+    cov = coverage.read_coverage(host, pid, m.path, cfg.wrapper.alloc_min_size)
+    if cov is None:
+        entry["verdict"] = f"unknown: cannot read /proc/{pid}/smaps (run as root)"
+        return entry
+    # a file copy in huge pages: the weights llama.cpp repacked are read no more
+    dead = min(cov.file_hugetlb_bytes, fp.repacked) if fp is not None else 0
+    live = cov.hugetlb_bytes - dead
+    used = live + cov.fallback_bytes
+    share = live / used if used else 0.0
+    entry.update(hugetlb_bytes=cov.hugetlb_bytes, hugetlb_file_bytes=cov.file_hugetlb_bytes,
+                 hugetlb_alloc_bytes=cov.heap_hugetlb_bytes, fallback_bytes=cov.fallback_bytes,
+                 dead_bytes=dead, used_bytes=used, coverage=round(min(share, 1.0), 4),
+                 page_size_kb=cov.page_size_kb, wrapper_loaded=cov.wrapper_loaded,
+                 file_pmd_bytes=cov.file_pmd_bytes)
+    entry["verdict"] = _verdict(host, m, cov, entry, (pid, lm, fp))
+    if entry["verdict"] != "loaded":
+        problems.append(f"model {m.name}: {entry['verdict']} "
+                        f"({share * 100:.1f}% of {units.human_bytes(used)} in huge pages)")
+    return entry
+
+
+def _find_server(host: Host, m: ModelConfig, unit: str, systemd: Systemd | None,
+                 entry: dict[str, Any]) -> int:
+    """The server's pid: the unit's main process, else a process holding the model."""
     pid = 0
     if systemd is not None:
         try:
@@ -77,43 +119,34 @@ def _model_entry(host: Host, m: ModelConfig, systemd: Systemd | None,
             entry["pid"] = pid
             if systemd is None:
                 entry.update(active=True, state="running (not a unit)")
-    if not pid:
-        if systemd is None:
-            entry["verdict"] = "unknown: systemd not reachable, no process holds the model"
-        elif entry["verdict"] == "unknown":
-            entry["verdict"] = "not running"
-            if m.autostart:
-                problems.append(f"model {m.name}: {unit} is {entry['state']}")
-        return entry
-    cov = coverage.read_coverage(host, pid, m.path)
-    if cov is None:
-        entry["verdict"] = f"unknown: cannot read /proc/{pid}/smaps (run as root)"
-        return entry
-    share = cov.hugetlb_bytes / m.size if m.size else 1.0
-    entry.update(hugetlb_bytes=cov.hugetlb_bytes, coverage=round(min(share, 1.0), 4),
-                 page_size_kb=cov.page_size_kb, wrapper_loaded=cov.wrapper_loaded,
-                 file_pmd_bytes=cov.file_pmd_bytes)
+    return pid
+
+
+def _verdict(host: Host, m: ModelConfig, cov: coverage.Coverage, entry: dict[str, Any],
+             server: tuple[int, loadmode.LoadMode, footprint.Footprint | None]) -> str:
+    pid, lm, fp = server
+    used, dead = entry["used_bytes"], entry["dead_bytes"]
     if not cov.wrapper_loaded:
-        entry["verdict"] = "wrapper not loaded"
-    elif cov.filling:
-        entry["verdict"] = "loading into huge pages"
-    elif share >= 0.99:
-        entry["verdict"] = "loaded"
-    elif cov.file_mapped_bytes:
-        entry["verdict"] = "fell back to the file mapping"
+        return "wrapper not loaded"
+    if cov.filling:
+        return "loading into huge pages"
+    if cov.fallback_bytes > used * 0.01:
+        verdict = ("fell back to the file mapping" if cov.file_mapped_bytes
+                   and not cov.large_anon_bytes else
+                   f"fell back: {units.human_bytes(cov.fallback_bytes)} of large allocations "
+                   "in 4 KiB pages")
         reason = journal.fallback_reason(
-            journal.wrapper_lines(pid, unit if entry["state"] else None), m.path) \
+            journal.wrapper_lines(pid, entry["unit"] if entry["state"] else None), m.path) \
             if host.is_real else None
-        if reason:
-            entry["verdict"] += f" ({reason})"
-    elif cov.hugetlb_bytes:
-        entry["verdict"] = "loading into huge pages"
-    else:
-        entry["verdict"] = "model not mapped yet"
-    if entry["verdict"] != "loaded":
-        problems.append(f"model {m.name}: {entry['verdict']} "
-                        f"({cov.hugetlb_bytes * 100 // max(m.size, 1)}% in huge pages)")
-    return entry
+        return verdict + (f" ({reason})" if reason else "")
+    if dead > used * 0.01:
+        return (f"holds {units.human_bytes(dead)} of dead huge pages (load mode {lm.mode}: "
+                "the file copy of weights llama.cpp repacked)")
+    # what the weights alone take once loaded: a server holding less is loading
+    expected = (fp.weights + fp.file_copy - fp.dead) if fp is not None else m.size
+    if cov.hugetlb_bytes - dead < expected * 0.99:
+        return "loading into huge pages" if cov.hugetlb_bytes else "model not mapped yet"
+    return "loaded"
 
 
 def collect(host: Host, cfg: Config | None, cfg_error: str | None = None,
@@ -122,9 +155,11 @@ def collect(host: Host, cfg: Config | None, cfg_error: str | None = None,
     plan: Plan | None = None
     if cfg_error is not None:
         problems.append(f"configuration: {cfg_error}")
+    fps: dict[str, footprint.Footprint] = {}
     if cfg is not None:
+        fps = footprint.project_models(host, cfg, fresh=False)
         try:
-            plan = apply.plan_for(host, cfg)
+            plan = apply.plan_with(host, cfg, fps)
         except AgentError as e:
             problems.append(f"configuration: {e}")
 
@@ -150,7 +185,8 @@ def collect(host: Host, cfg: Config | None, cfg_error: str | None = None,
         if c.overrides:
             problems.append(f"{c.file}:{c.line} overrides {persist.SYSCTL_KEY} with {c.value}")
 
-    models = [_model_entry(host, m, systemd, problems) for m in (cfg.models if cfg else ())]
+    models = [_model_entry(host, cfg, m, (systemd, fps.get(m.name)), problems)
+              for m in cfg.models] if cfg else []
 
     return {
         "version": SCHEMA_VERSION,
@@ -183,6 +219,10 @@ def _fmt(v: object) -> str:
     return "-" if v is None else str(v)
 
 
+def _bytes(v: int | None) -> str:
+    return "-" if v is None else units.human_bytes(v)
+
+
 def render(data: dict[str, Any]) -> str:
     lines = []
     lines.append(f"{'POOL':<12} {'NODE':>4} {'TOTAL':>7} {'FREE':>7} {'RSVD':>6} {'SURP':>6} "
@@ -212,18 +252,27 @@ def render(data: dict[str, Any]) -> str:
     la = data["last_apply"]
     if la:
         lines.append(f"last apply: {la.get('achieved')} of {la.get('target')} pages in "
-                     f"{la.get('rounds')} rounds, {la.get('seconds')} s")
+                     f"{la.get('rounds')} rounds, {la.get('seconds')} s"
+                     + (f" ({la['why']})" if la.get("why") and la.get("stop") != "met"
+                        else ""))
     if data["models"]:
         lines.append(f"{'MODEL':<16} {'UNIT':<32} {'STATE':<18} {'PID':>7} {'SIZE':>10} "
-                     f"{'HUGE':>10} {'COVER':>6} {'PAGE':>5} {'WRAPPER':<8} VERDICT")
+                     f"{'HUGE':>10} {'4K':>10} {'COVER':>6} {'PAGE':>5} {'WRAPPER':<8} VERDICT")
     for m in data["models"]:
         cover = f"{m['coverage'] * 100:.1f}%" if m["coverage"] is not None else "-"
-        huge = units.human_bytes(m["hugetlb_bytes"]) if m["hugetlb_bytes"] is not None else "-"
         page = units.page_size_name(m["page_size_kb"] * 1024) if m["page_size_kb"] else "-"
         wrapper = {True: "yes", False: "no", None: "-"}[m["wrapper_loaded"]]
         lines.append(f"{m['name']:<16} {m['unit']:<32} {_fmt(m['state']):<18} "
                      f"{_fmt(m['pid']):>7} {units.human_bytes(m['model_bytes']):>10} "
-                     f"{huge:>10} {cover:>6} {page:>5} {wrapper:<8} {m['verdict']}")
+                     f"{_bytes(m['hugetlb_bytes']):>10} {_bytes(m['fallback_bytes']):>10} "
+                     f"{cover:>6} {page:>5} {wrapper:<8} {m['verdict']}")
+        if m["hugetlb_bytes"] is not None:
+            lines.append(f"  huge pages: {_bytes(m['hugetlb_alloc_bytes'])} allocations, "
+                         f"{_bytes(m['hugetlb_file_bytes'])} file copy, "
+                         f"{_bytes(m['dead_bytes'])} dead; 4 KiB: "
+                         f"{_bytes(m['fallback_bytes'])}")
+        lm = m["load_mode"]
+        lines.append(f"  load mode {lm['mode']} ({lm['chosen_by']}): {lm['note']}")
     if data["problems"]:
         lines.append("DEGRADED:")
         lines.extend(f"  - {p}" for p in data["problems"])

@@ -69,13 +69,14 @@ def render_dropin(model: ModelConfig, env: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_model_file(model: ModelConfig, binary: str) -> str:
+def render_model_file(model: ModelConfig, binary: str, added: tuple[str, ...] = ()) -> str:
+    """`added`: arguments the agent puts before the model's own (the load mode)."""
     data = {
         "generated_by": f"hugepage-agent {__version__}",
         "name": model.name,
         "binary": binary,
         "model": model.path,
-        "args": list(model.args),
+        "args": [*added, *model.args],
     }
     return json.dumps(data, indent=1) + "\n"
 

@@ -10,6 +10,7 @@
 
 struct hpw_config hpw_cfg = {
     .min_size = HPW_1G,
+    .alloc_min = HPW_ALLOC_MIN_DEFAULT,
     .page = HPW_PAGE_AUTO,
     .strict = 0,
     .log = HPW_LOG_INFO,
@@ -76,6 +77,15 @@ void hpw_config_load(void)
             hpw_cfg.min_size = n;
         else
             invalid("HUGEPAGE_WRAPPER_MIN_SIZE", v, "a positive size such as 1G or 536870912");
+    }
+    if ((v = getenv("HUGEPAGE_WRAPPER_ALLOC_MIN_SIZE")) != NULL && *v != '\0') {
+        size_t n;
+        if (strcmp(v, "off") == 0)
+            hpw_cfg.alloc_min = 0;
+        else if (hpw_parse_size(v, &n) == 0)
+            hpw_cfg.alloc_min = n; /* 0 is off too */
+        else
+            invalid("HUGEPAGE_WRAPPER_ALLOC_MIN_SIZE", v, "a size such as 8M, or off");
     }
     if ((v = getenv("HUGEPAGE_WRAPPER_PAGE_SIZE")) != NULL && *v != '\0') {
         if (strcmp(v, "2M") == 0 || strcmp(v, "2m") == 0)

@@ -4,18 +4,29 @@
 #include "wrapper.h"
 
 #include <errno.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
 static __thread int inside;
+static atomic_int initialized; /* the configuration is loaded: allocations may be served */
 
 __attribute__((constructor)) static void hpw_init(void)
 {
     inside = 1;
     hpw_resolve_real();
     hpw_config_load();
+    hpw_alloc_init();
     inside = 0;
+    atomic_store_explicit(&initialized, 1, memory_order_release);
+}
+
+__attribute__((destructor)) static void hpw_fini(void)
+{
+    hpw_alloc_report();
 }
 
 static int eligible(size_t length, int prot, int flags, int fd, off_t offset)
@@ -90,4 +101,155 @@ EXPORT int posix_madvise(void *addr, size_t len, int advice)
     int handled;
     int rc = ranged(HPW_OP_ADVISE, addr, len, advice, hpw_real_posix_madvise, &handled);
     return handled ? rc : hpw_real_posix_madvise(addr, len, advice);
+}
+
+/* ---- the malloc family: large allocations from huge pages (alloc.c) ---- */
+
+static int serve(size_t size, size_t align)
+{
+    return !inside && atomic_load_explicit(&initialized, memory_order_acquire) &&
+           hpw_alloc_wants(size, align);
+}
+
+/* A huge page block; NULL with *failed set when strict mode makes the
+ * allocation fail, NULL alone when libc is to serve it. errno is kept. */
+static void *huge(size_t size, int *failed)
+{
+    int saved = errno;
+    inside = 1;
+    void *p = hpw_alloc(size);
+    inside = 0;
+    *failed = p == NULL && hpw_cfg.strict;
+    errno = *failed ? ENOMEM : saved;
+    return p;
+}
+
+EXPORT void *malloc(size_t size)
+{
+    if (serve(size, 0)) {
+        int failed;
+        void *p = huge(size, &failed);
+        if (p != NULL || failed)
+            return p;
+    }
+    return hpw_real_malloc(size);
+}
+
+EXPORT void free(void *p)
+{
+    if (!hpw_alloc_free(p))
+        hpw_real_free(p);
+}
+
+EXPORT void *calloc(size_t n, size_t size)
+{
+    if (size == 0 || n <= SIZE_MAX / size) {
+        if (serve(n * size, 0)) {
+            int failed;
+            void *p = huge(n * size, &failed); /* fresh huge pages are zero */
+            if (p != NULL || failed)
+                return p;
+        }
+    }
+    return hpw_real_calloc(n, size);
+}
+
+/* Moves a block to a new home of `size` bytes: copies what both can hold. */
+static void *move(void *p, size_t old, size_t size)
+{
+    void *q = malloc(size);
+    if (q == NULL)
+        return NULL; /* p stays as it was */
+    memcpy(q, p, old < size ? old : size);
+    free(p);
+    return q;
+}
+
+EXPORT void *realloc(void *p, size_t size)
+{
+    if (p == NULL)
+        return malloc(size);
+    size_t ours = hpw_alloc_size(p);
+    if (ours != 0) {
+        if (size == 0) { /* as glibc: frees, returns NULL */
+            free(p);
+            return NULL;
+        }
+        if (size <= ours && serve(size, 0)) { /* still large and it fits: in place */
+            int saved = errno;
+            hpw_alloc_shrink(p, size);
+            errno = saved;
+            return p;
+        }
+        return move(p, ours, size);
+    }
+    if (serve(size, 0) && !hpw_is_boot(p)) {
+        size_t old = hpw_real_usable_size(p);
+        int failed;
+        void *q = huge(size, &failed);
+        if (q != NULL) {
+            memcpy(q, p, old < size ? old : size);
+            hpw_real_free(p);
+            return q;
+        }
+        if (failed)
+            return NULL;
+    }
+    return hpw_real_realloc(p, size);
+}
+
+EXPORT void *reallocarray(void *p, size_t n, size_t size)
+{
+    if (size != 0 && n > SIZE_MAX / size) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return realloc(p, n * size);
+}
+
+static int valid_align(size_t align)
+{
+    return align != 0 && (align & (align - 1)) == 0;
+}
+
+EXPORT int posix_memalign(void **out, size_t align, size_t size)
+{
+    if (valid_align(align) && align % sizeof(void *) == 0 && serve(size, align)) {
+        int failed;
+        void *p = huge(size, &failed);
+        if (p != NULL) {
+            *out = p;
+            return 0;
+        }
+        if (failed)
+            return ENOMEM;
+    }
+    return hpw_real_posix_memalign(out, align, size);
+}
+
+static void *aligned(size_t align, size_t size, void *(*real)(size_t, size_t))
+{
+    if (valid_align(align) && serve(size, align)) {
+        int failed;
+        void *p = huge(size, &failed);
+        if (p != NULL || failed)
+            return p;
+    }
+    return real(align, size);
+}
+
+EXPORT void *aligned_alloc(size_t align, size_t size)
+{
+    return aligned(align, size, hpw_real_aligned_alloc);
+}
+
+EXPORT void *memalign(size_t align, size_t size)
+{
+    return aligned(align, size, hpw_real_memalign);
+}
+
+EXPORT size_t malloc_usable_size(void *p)
+{
+    size_t ours = hpw_alloc_size(p);
+    return ours != 0 ? ours : hpw_real_usable_size(p);
 }

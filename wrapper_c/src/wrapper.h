@@ -15,8 +15,12 @@
 enum hpw_log_level { HPW_LOG_QUIET = 0, HPW_LOG_INFO = 1, HPW_LOG_DEBUG = 2 };
 enum hpw_page_choice { HPW_PAGE_AUTO = 0, HPW_PAGE_2M, HPW_PAGE_1G };
 
+#define HPW_HEAP_MEMFD "hugepage-wrapper-heap"
+#define HPW_ALLOC_MIN_DEFAULT (8UL << 20)
+
 struct hpw_config {
     size_t min_size;            /* smallest mapping taken over, bytes */
+    size_t alloc_min;           /* smallest allocation served from huge pages; 0: none */
     enum hpw_page_choice page;  /* 2M, 1G or auto */
     int strict;                 /* fail with ENOMEM instead of falling back */
     enum hpw_log_level log;
@@ -39,6 +43,28 @@ int hpw_real_mprotect(void *addr, size_t len, int prot);
 int hpw_real_madvise(void *addr, size_t len, int advice);
 int hpw_real_posix_madvise(void *addr, size_t len, int advice);
 void hpw_resolve_real(void);
+
+/* alloc_real.c: the allocator underneath (the next malloc in the lookup
+ * order), with a static arena for what comes before it is resolved. */
+void *hpw_real_malloc(size_t size);
+void hpw_real_free(void *p);
+void *hpw_real_calloc(size_t n, size_t size);
+void *hpw_real_realloc(void *p, size_t size);
+int hpw_real_posix_memalign(void **out, size_t align, size_t size);
+void *hpw_real_aligned_alloc(size_t align, size_t size);
+void *hpw_real_memalign(size_t align, size_t size);
+size_t hpw_real_usable_size(void *p);
+int hpw_is_boot(const void *p);
+
+/* alloc.c: large allocations from huge pages, each its own private mapping of a
+ * hugetlb memfd named HPW_HEAP_MEMFD. */
+void hpw_alloc_init(void);
+int hpw_alloc_wants(size_t size, size_t align);
+void *hpw_alloc(size_t size);   /* NULL, errno ENOMEM: the pool is short */
+int hpw_alloc_free(void *p);    /* 0: not ours */
+size_t hpw_alloc_size(const void *p); /* 0: not ours */
+void hpw_alloc_shrink(void *p, size_t size);
+void hpw_alloc_report(void);
 
 /* pool.c: what the kernel's huge page pool can still give, in pages. */
 long hpw_pool_available(size_t page_size);

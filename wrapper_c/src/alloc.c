@@ -1,0 +1,216 @@
+/* Large heap allocations served from explicit huge pages.
+ *
+ * An allocation of at least HUGEPAGE_WRAPPER_ALLOC_MIN_SIZE bytes gets a
+ * mapping of its own: a private mapping of a fresh hugetlb memfd named
+ * "hugepage-wrapper-heap", so that /proc/PID/smaps attributes its pages
+ * (`/memfd:hugepage-wrapper-heap (deleted)`). Private, so that after fork
+ * the memory is copy-on-write as malloc's is; the memfd itself never holds a
+ * page (the kernel gives a private mapping anonymous pages) and is closed at
+ * once. The pool is charged when the mapping is made, so a short pool shows
+ * there, as ENOMEM, and the caller falls back to libc (or fails, in strict
+ * mode). Pages are faulted lazily, as with malloc, and come zeroed.
+ *
+ * The pointer handed out is the start of the mapping: huge page aligned,
+ * which honours every alignment up to the page size. A table keyed by that
+ * address tells ours from libc's; any pointer that is not huge page aligned
+ * is libc's without a look. */
+#include "wrapper.h"
+
+#include <errno.h>
+#include <linux/memfd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define TABLE_SIZE 8192 /* open addressing; at most half full */
+#define MAX_LIVE (TABLE_SIZE / 2)
+#define TOMBSTONE ((char *)1)
+#define FALLBACK_LOG_LINES 16
+
+struct block {
+    char *base;
+    size_t len;
+    size_t page;
+};
+
+static struct block table[TABLE_SIZE];
+static size_t live_count;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_size_t live_blocks;
+static atomic_size_t live_bytes, peak_bytes, fallback_count;
+
+static void atfork_prepare(void) { pthread_mutex_lock(&lock); }
+static void atfork_release(void) { pthread_mutex_unlock(&lock); }
+
+void hpw_alloc_init(void)
+{
+    pthread_atfork(atfork_prepare, atfork_release, atfork_release);
+}
+
+static size_t slot_of(const char *base)
+{
+    uintptr_t k = (uintptr_t)base >> 21;
+    return (size_t)((k * 0x9E3779B97F4A7C15ULL) >> 32) & (TABLE_SIZE - 1);
+}
+
+static int table_put(char *base, size_t len, size_t page)
+{
+    pthread_mutex_lock(&lock);
+    if (live_count >= MAX_LIVE) {
+        pthread_mutex_unlock(&lock);
+        return -1;
+    }
+    size_t i = slot_of(base);
+    while (table[i].base != NULL && table[i].base != TOMBSTONE)
+        i = (i + 1) & (TABLE_SIZE - 1);
+    table[i] = (struct block){base, len, page};
+    live_count++;
+    atomic_fetch_add(&live_blocks, 1);
+    pthread_mutex_unlock(&lock);
+    return 0;
+}
+
+/* The length of our block at p (0: not ours); with `remove`, forgets it. */
+static size_t table_find(const char *p, int remove)
+{
+    size_t len = 0;
+    pthread_mutex_lock(&lock);
+    for (size_t i = slot_of(p), n = 0; n < TABLE_SIZE && table[i].base != NULL;
+         i = (i + 1) & (TABLE_SIZE - 1), n++) {
+        if (table[i].base == p) {
+            len = table[i].len;
+            if (remove) {
+                table[i].base = TOMBSTONE;
+                live_count--;
+                atomic_fetch_sub(&live_blocks, 1);
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return len;
+}
+
+/* Shrinks our block at p to `size` bytes, giving back the huge pages past it
+ * (rounded to the page size the block was made with). */
+void hpw_alloc_shrink(void *p, size_t size)
+{
+    pthread_mutex_lock(&lock);
+    for (size_t i = slot_of(p), n = 0; n < TABLE_SIZE && table[i].base != NULL;
+         i = (i + 1) & (TABLE_SIZE - 1), n++) {
+        if (table[i].base != p)
+            continue;
+        size_t page = table[i].page;
+        size_t keep = (size + page - 1) / page * page;
+        if (keep < table[i].len && hpw_real_munmap((char *)p + keep, table[i].len - keep) == 0) {
+            atomic_fetch_sub(&live_bytes, table[i].len - keep);
+            table[i].len = keep;
+        }
+        break;
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+size_t hpw_alloc_size(const void *p)
+{
+    if (p == NULL || ((uintptr_t)p & (HPW_2M - 1)) != 0 ||
+        atomic_load_explicit(&live_blocks, memory_order_acquire) == 0)
+        return 0;
+    return table_find(p, 0);
+}
+
+int hpw_alloc_wants(size_t size, size_t align)
+{
+    return hpw_cfg.alloc_min != 0 && size >= hpw_cfg.alloc_min && align <= HPW_2M;
+}
+
+static double mib(size_t n)
+{
+    return (double)n / (double)(1 << 20);
+}
+
+static void *fallback(size_t size, size_t pages, size_t page, const char *why)
+{
+    size_t n = atomic_fetch_add(&fallback_count, 1);
+    if (n < FALLBACK_LOG_LINES)
+        hpw_log(HPW_LOG_QUIET, "allocation of %.1f MiB: %s: need %zu x %s pages, %ld free; %s",
+                mib(size), why, pages, page == HPW_1G ? "1 GiB" : "2 MiB",
+                hpw_pool_available(page), hpw_cfg.strict
+                ? "failing it (strict mode, HUGEPAGE_WRAPPER_STRICT=1)"
+                : "served by libc in 4 KiB pages");
+    else if (n == FALLBACK_LOG_LINES)
+        hpw_log(HPW_LOG_QUIET, "more allocations fell back to libc; not logging each");
+    errno = ENOMEM;
+    return NULL;
+}
+
+static size_t choose_page(size_t size)
+{
+    if (hpw_cfg.page == HPW_PAGE_2M)
+        return HPW_2M;
+    if (hpw_cfg.page == HPW_PAGE_1G)
+        return HPW_1G;
+    /* auto: 1 GiB pages only where they waste little and the pool has them */
+    size_t pages = (size + HPW_1G - 1) / HPW_1G;
+    long avail = hpw_pool_available(HPW_1G);
+    if (avail > 0 && (size_t)avail >= pages && pages * HPW_1G - size <= size / 32)
+        return HPW_1G;
+    return HPW_2M;
+}
+
+/* A block of at least `size` bytes from huge pages, or NULL with errno ENOMEM
+ * (the pool is short: the caller falls back, or fails in strict mode). */
+void *hpw_alloc(size_t size)
+{
+    size_t page = choose_page(size);
+    if (size > (size_t)-1 - page)
+        return fallback(size, 0, page, "size too large");
+    size_t pages = (size + page - 1) / page, len = pages * page;
+    long avail = hpw_pool_available(page);
+    if (avail >= 0 && (size_t)avail < pages)
+        return fallback(size, pages, page, "huge page pool short");
+    unsigned flag = page == HPW_1G ? MFD_HUGE_1GB : MFD_HUGE_2MB;
+    int fd = memfd_create(HPW_HEAP_MEMFD, MFD_CLOEXEC | MFD_HUGETLB | flag);
+    if (fd < 0)
+        return fallback(size, pages, page, "no hugetlb memfd");
+    char *p = MAP_FAILED;
+    if (ftruncate(fd, (off_t)len) == 0)
+        p = hpw_real_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED)
+        return fallback(size, pages, page, "huge page pool short");
+    if (table_put(p, len, page) != 0) {
+        hpw_real_munmap(p, len);
+        return fallback(size, pages, page, "too many huge page allocations");
+    }
+    size_t now = atomic_fetch_add(&live_bytes, len) + len;
+    size_t peak = atomic_load(&peak_bytes);
+    while (now > peak && !atomic_compare_exchange_weak(&peak_bytes, &peak, now)) {}
+    hpw_log(HPW_LOG_DEBUG, "allocation of %.1f MiB at %p: %zu x %s huge pages", mib(size),
+            (void *)p, pages, page == HPW_1G ? "1 GiB" : "2 MiB");
+    return p;
+}
+
+/* Frees p if it is ours; 0 when it is not (the caller passes it to libc). */
+int hpw_alloc_free(void *p)
+{
+    if (p == NULL || ((uintptr_t)p & (HPW_2M - 1)) != 0 ||
+        atomic_load_explicit(&live_blocks, memory_order_acquire) == 0)
+        return 0;
+    size_t len = table_find(p, 1);
+    if (len == 0)
+        return 0;
+    hpw_real_munmap(p, len);
+    atomic_fetch_sub(&live_bytes, len);
+    return 1;
+}
+
+void hpw_alloc_report(void)
+{
+    size_t peak = atomic_load(&peak_bytes);
+    if (peak != 0 || atomic_load(&fallback_count) != 0)
+        hpw_log(HPW_LOG_DEBUG, "allocations: peak %.1f MiB in huge pages, %zu fell back",
+                mib(peak), atomic_load(&fallback_count));
+}
