@@ -98,7 +98,8 @@ def test_status_is_readable_without_root_and_apply_is_refused(kernel_state: None
 
 def test_short_pool_is_reported_as_degraded(kernel_state: None, tmp_path: Path) -> None:
     """More than free plus reclaimable memory can give: the loop takes what it
-    can, then stops early (well inside its 30 s budget) and says memory is full."""
+    can, stops once rounds gain nothing (at the latest at its 30 s budget) and
+    says memory is full, not that it ran out of time."""
     set_pool(2048, 0)
     cfg = config(tmp_path, "[pool]\nsize = \"20G\"\n"
                            "[thp]\nenabled = \"keep\"\ndefrag = \"keep\"\n")
@@ -110,7 +111,7 @@ def test_short_pool_is_reported_as_degraded(kernel_state: None, tmp_path: Path) 
     assert got < 10240 and f"reserved: {got} of 10240" in r.stdout and "SHORT" in r.stdout
     assert "stopped: memory is full" in r.stdout and "more rounds cannot help" in r.stdout
     last = json.loads(Path("/run/hugepage-agent/last-apply.json").read_text())
-    assert last["stop"] == "no memory" and last["seconds"] < 20, last
+    assert last["stop"] == "no memory" and last["seconds"] < 32, last
     assert last["room_bytes"] < last["missing_bytes"]
     assert "memory is full" in s.stdout
     data = json.loads(s.stdout)

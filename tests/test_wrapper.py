@@ -80,7 +80,9 @@ def test_exports_only_the_interposed_symbols(wrapper_build: Path) -> None:
     out = subprocess.run(["nm", "-D", "--defined-only", str(wrapper_build)],
                          capture_output=True, text=True, check=True).stdout
     names = {line.split()[-1] for line in out.splitlines() if line.strip()}
-    assert names == {"mmap", "mmap64", "munmap", "mprotect", "madvise", "posix_madvise"}
+    assert names == {"mmap", "mmap64", "munmap", "mprotect", "madvise", "posix_madvise",
+                     "malloc", "free", "calloc", "realloc", "reallocarray", "posix_memalign",
+                     "aligned_alloc", "memalign", "malloc_usable_size"}
 
 
 @pytest.mark.parametrize(("offset", "length"), [

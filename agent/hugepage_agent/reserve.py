@@ -234,7 +234,7 @@ def reserve(targets: Sequence[Target], timeout: float,
             break
         elapsed = clock() - t0
         if elapsed >= timeout:
-            stop = STOP_TIMEOUT
+            stop = STOP_NO_MEMORY if unreachable else STOP_TIMEOUT
             break
         step = ladder.current
         if step == COMPACT:

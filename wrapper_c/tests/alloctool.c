@@ -77,7 +77,8 @@ static void check_calloc(size_t size)
     check(b != NULL && all_zero(b, size), "calloc_zero", "calloc memory not zero after reuse");
     free(b);
     unsigned char *c = calloc(size / 16, 16);
-    check(c != NULL && all_zero(c, size), "calloc_zero_nmemb", "calloc(n, 16) not zero");
+    check(c != NULL && all_zero(c, size / 16 * 16), "calloc_zero_nmemb",
+          "calloc(n, 16) not zero");
     free(c);
     errno = 0;
     volatile size_t huge_n = SIZE_MAX / 2; /* hidden from the compiler's size check */
