@@ -70,5 +70,6 @@ def test_readme_commands_run_as_written(host: Container) -> None:
         outputs.append(r.stdout)
     served = next(o for o in outputs if "llama-server@qwen3-30b" in o)
     assert re.search(r"qwen3-30b\s+llama-server@qwen3-30b\.service\s+active/running", served)
-    assert re.search(r"1\.07 GiB\s+1\.07 GiB\s+\S+ \S+\s+100\.0%\s+2M\s+yes\s+loaded", served), served
+    line = r"1\.07 GiB\s+1\.07 GiB\s+\S+ \S+\s+100\.0%\s+2M\s+yes\s+loaded"
+    assert re.search(line, served), served
     assert "OK: as configured" in served

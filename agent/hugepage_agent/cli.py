@@ -25,16 +25,19 @@ EXIT_ERROR = 2
 log = logging.getLogger("hugepage_agent")
 
 DESCRIPTION = """\
-Reserve explicit huge pages for llama.cpp model servers and serve their model
-files from them.
+Reserve explicit huge pages for llama.cpp model servers and serve what they
+read from them: weights, repacked weights, KV cache and compute buffers.
 
 commands:
-  apply    compute the pool the configured models need, set THP, reserve the
-           pool (compacting memory and retrying while short), persist it in
-           /etc/sysctl.d/80-hugepage-agent.conf
-  status   show pools, THP, persistence and models; exit 0 when all is as
-           configured, 1 when degraded
-  exec     run a program with the huge page wrapper preloaded
+  apply    compute the pool the configured models' servers need (weights, KV
+           cache for their -c, compute buffers), set THP, reserve the pool
+           (compacting memory and retrying while short), persist it in
+           /etc/sysctl.d/80-hugepage-agent.conf; --dry-run shows it per model
+  status   show pools, THP, persistence and, per model, what its server holds
+           in huge pages and what not; exit 0 when all is as configured, 1
+           when degraded
+  exec     run a program with the huge page wrapper preloaded (llama-server
+           gets --load-mode dio unless its arguments choose)
   daemon   what hugepage-agent.service runs: apply, write the model units'
            drop-ins, start the models, then serve D-Bus and watch memory events
   reload   make the running daemon re-read its configuration (systemctl reload
@@ -45,7 +48,8 @@ commands:
            what llama-server@NAME.service runs: exec llama-server with the
            model's path and arguments from the file the agent wrote
 
-exit codes: 0 as configured, 1 degraded (pool short), 2 error or invalid input.
+exit codes: 0 as configured, 1 degraded (pool short, a model not wholly in
+huge pages), 2 error or invalid input.
 Configuration: /etc/hugepage-agent/config.toml and config.d/*.toml (see
 config/example.toml).
 """

@@ -189,14 +189,16 @@ class KernelPool:
     def nodes_differ(self) -> bool:
         return self.node is None and len(online_nodes(self.host)) > 1
 
-    def evacuate(self, nbytes: int) -> bool:
+    def evacuate(self, pages: int) -> bool:
         gib_kb = 1048576
         knob = f"{size_dir(gib_kb, self.node)}/nr_hugepages"
         if self.page_size_kb == gib_kb or not self.host.exists(knob):
             return False
         try:
             before = self.host.read_int(knob)
-            self.host.write_knob(knob, str(before + -(-nbytes // (gib_kb * 1024))))
+            self.write(self.in_use())  # its free pages must not pin the ranges to empty
+            gib = -(-pages * self.page_size_kb // gib_kb)
+            self.host.write_knob(knob, str(before + gib))
         except HostError:
             return False
         finally:

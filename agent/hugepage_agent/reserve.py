@@ -15,15 +15,18 @@ The measures, from the cheapest up; after a round that gains pages the loop
 goes back to the first, a round that gains none climbs to the next, and
 after the last the ladder starts again with longer pauses:
   - compact: the kernel's compaction of the pool's memory, then a pause;
-  - evacuate (2 MiB pools): reserve as many 1 GiB pages as the missing part
-    needs and release them at once. The kernel's contiguous allocator empties
-    whole 1 GiB ranges by moving their pages into the free 4 KiB holes
-    elsewhere, which compaction does not do once its free scanner, starting
-    at the top of memory, finds the top packed full (it then aborts every
-    run). Measured here: memory fragmented on purpose, then 6 GiB of page
-    cache and huge pages churned through it: compaction stalled at 2,786,
-    4,557 and 5,023 of 5,200 pages, and one evacuation of 1 to 5 GiB reached
-    5,200 each time, in 0.4 to 2.7 s. The 1 GiB pool is put back as it was;
+  - evacuate (2 MiB pools): give back the pool's free pages, reserve as many
+    1 GiB pages as the whole target needs and release them at once; the
+    rewrite then takes the 2 MiB pages again. The kernel's contiguous
+    allocator empties whole 1 GiB ranges by moving their pages into the free
+    4 KiB holes elsewhere, which compaction does not do once its free
+    scanner, starting at the top of memory, finds the top packed full (it
+    then aborts every run). The pool's own free pages are given back first,
+    as they would pin those ranges. Measured here, memory fragmented on
+    purpose, then 6 GiB of page cache and huge pages churned through it:
+    compaction stalled at 2,786, 4,557, 5,023 and 4,175 of 5,200 pages, and
+    an evacuation reached 5,200 each time, in 0.4 to 4.4 s. The 1 GiB pool
+    is put back as it was;
   - settle: a longer pause with no compaction, for the kernel to settle;
   - reclaim: ask the kernel to reclaim as much as is still missing from the
     pool's node(s) (proactive reclaim, /sys/devices/system/node/nodeN/reclaim,
@@ -90,9 +93,11 @@ class PoolControl(Protocol):
         the kernel has no such interface."""
         ...
 
-    def evacuate(self, nbytes: int) -> bool:
-        """Reserve and release enough 1 GiB pages to empty nbytes of memory;
-        False where that is not possible (a 1 GiB pool, or no 1 GiB pages)."""
+    def evacuate(self, pages: int) -> bool:
+        """Give back the pool's free pages, then reserve and release enough
+        1 GiB pages to hold `pages` of the pool (the rewrite that follows
+        takes them again); False where that is not possible (a 1 GiB pool, or
+        no 1 GiB pages)."""
         ...
 
     def room(self) -> tuple[int, int]:
@@ -174,6 +179,24 @@ class _Ladder:
         self.level = (self.level + 1) % len(self.steps)
 
 
+def _measure(step: str, short: list[tuple[PoolControl, int, int]],
+             drop_caches: Callable[[], None] | None, pause: float) -> float:
+    """Run one measure on the pools still short; returns the pause before the rewrite."""
+    if step == DROP_CACHES and drop_caches is not None:
+        drop_caches()
+    for c, goal, have in short:
+        missing = (goal - have) * c.page_bytes
+        if step == EVACUATE:
+            c.evacuate(goal)
+        elif step == COMPACT_NODES:
+            c.compact_nodes()
+        elif step != SETTLE:  # compact, and after reclaim or dropping caches
+            if step == RECLAIM:
+                c.reclaim(missing)
+            c.compact()
+    return max(SETTLE_PAUSE, pause) if step == SETTLE else pause
+
+
 def reserve(targets: Sequence[Target], timeout: float,
             drop_caches: Callable[[], None] | None = None,
             clock: Callable[[], float] = time.monotonic,
@@ -237,31 +260,7 @@ def reserve(targets: Sequence[Target], timeout: float,
             stop = STOP_NO_MEMORY if unreachable else STOP_TIMEOUT
             break
         step = ladder.current
-        if step == COMPACT:
-            for c, _, _ in short:
-                c.compact()
-            pause = ladder.pause
-        elif step == EVACUATE:
-            for c, g, h in short:
-                c.evacuate((g - h) * c.page_bytes)
-            pause = ladder.pause
-        elif step == SETTLE:
-            pause = max(SETTLE_PAUSE, ladder.pause)
-        elif step == RECLAIM:
-            for c, g, h in short:
-                c.reclaim((g - h) * c.page_bytes)
-                c.compact()
-            pause = ladder.pause
-        elif step == DROP_CACHES:
-            assert drop_caches is not None
-            drop_caches()
-            for c, _, _ in short:
-                c.compact()
-            pause = ladder.pause
-        else:  # COMPACT_NODES
-            for c, _, _ in short:
-                c.compact_nodes()
-            pause = ladder.pause
+        pause = _measure(step, short, drop_caches, ladder.pause)
         sleep(min(pause, max(0.0, timeout - (clock() - t0))))
         before = counted(now)
         now = rewrite(now)
