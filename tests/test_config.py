@@ -3,6 +3,7 @@ the key, and changes nothing on the (fake) host."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,25 @@ BAD = [
      "model[0].args[1]: expected a string"),
     ("[[model]]\nname = \"x\"\npath = \"/etc/hostname\"\nunit = \"foo bar\"",
      "model[0].unit: 'foo bar' is not a valid .service unit name"),
+    # inputs that used to end in a traceback, a hang or a silently wrong value
+    ("[pool]\nsize = \"" + "9" * 400 + "G\"", "pool.size: '99999"),
+    ("[pool]\nsize = " + "9" * 300, "pool.size: the page count is too large"),
+    ("[reserve]\ntimeout = " + "9" * 400, "reserve.timeout: the duration is too large"),
+    ("[reserve]\ntimeout = nan", "reserve.timeout: a duration must be a finite number"),
+    ("[reserve]\ntimeout = inf", "reserve.timeout: a duration must be a finite number"),
+    ("[metrics]\ninterval = nan", "metrics.interval: a duration must be a finite number"),
+    ("[metrics]\ninterval = 1e12", "metrics.interval: from 1s to 24h"),
+    ("[pool]\nnodes = { \"\u00b2\" = \"100%\" }", "pool.nodes.\u00b2: a NUMA node number"),
+    ("[pool]\nnodes = { \"\u0660\" = \"100%\" }", "pool.nodes.\u0660: a NUMA node number"),
+    ("a = " + "[" * 5000 + "]" * 5000, "invalid TOML: nested too deeply"),
+    ("[[model]]\nname = \"x\"\npath = \"/etc/host\\u0000name\"",
+     "model[0].path: contains a NUL character"),
+    *[(f"[[model]]\nname = \"x\"\npath = \"/etc/hostname\"\nunit = \"{u}\"",
+       f"model[0].unit: '{u}' must not be managed")
+      for u in ("hugepage-agent.service", "dbus.service", "user@1000.service",
+                "systemd-journald.service")],
+    ("[[model]]\nname = \"x\"\npath = \"/etc/hostname\"\nunit = \"a.service\\n\"",
+     "is not a valid .service unit name"),
 ]
 
 
@@ -144,6 +164,40 @@ def test_shipped_configs_are_valid(tmp_path: Path, model: Path) -> None:
     cfg = config.load(host, str(f))
     assert cfg.models[0].name == "qwen3-30b" and cfg.models[0].size == 3 * 1024**3
     assert cfg.models[0].args == ("--port", "8080", "--threads", "16")
+
+
+def test_config_that_is_not_utf8_or_not_a_file(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "root"
+    make_tree(root)
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b"# caf\xe9\n[pool]\nsize = 2\n")
+    rc = main(["apply", "--dry-run", "--root", str(root), "--config", str(bad)])
+    assert rc == 2 and "is not UTF-8 text" in capsys.readouterr().err
+    confd = root / "etc/hugepage-agent/config.d"
+    confd.mkdir(parents=True)
+    (confd / "50-x.toml").write_bytes(b"[pool]\nsize = \"\xff\"\n")
+    rc = main(["apply", "--dry-run", "--root", str(root)])
+    assert rc == 2 and "50-x.toml is not UTF-8 text" in capsys.readouterr().err
+    (confd / "50-x.toml").unlink()
+    os.mkfifo(confd / "60-fifo.toml")  # a reader that opened it would hang
+    rc = main(["apply", "--dry-run", "--root", str(root)])
+    assert rc == 2 and "60-fifo.toml is not a regular file" in capsys.readouterr().err
+
+
+def test_malformed_model_file_is_an_error_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "root"
+    make_tree(root)
+    models = root / "var/lib/hugepage-agent/models"
+    models.mkdir(parents=True)
+    for text in ("[]", '"x"', "1", "{}", "not json"):
+        (models / "m.json").write_text(text)
+        rc = main(["run-model", "m", "--root", str(root)])
+        err = capsys.readouterr().err
+        assert rc == 2 and "m.json" in err and "Traceback" not in err, (text, err)
+    rc = main(["run-model", "m\n", "--root", str(root)])
+    assert rc == 2 and "not a valid model name" in capsys.readouterr().err
 
 
 def test_missing_explicit_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

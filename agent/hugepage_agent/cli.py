@@ -210,7 +210,7 @@ def _cmd_release(args: argparse.Namespace, host: Host) -> int:
 
 
 def _cmd_run_model(args: argparse.Namespace, host: Host) -> int:
-    if not config.MODEL_NAME_RE.match(args.name):
+    if not config.MODEL_NAME_RE.fullmatch(args.name):
         raise AgentError(f"{args.name!r} is not a valid model name")
     path = unitfiles.model_file(args.name)
     text = host.read_optional(path)
@@ -219,8 +219,8 @@ def _cmd_run_model(args: argparse.Namespace, host: Host) -> int:
                          "and has hugepage-agent.service run?)")
     try:
         argv = unitfiles.model_argv(text)
-    except (ValueError, KeyError) as e:
-        raise AgentError(f"{path}: {e}") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise AgentError(f"{path}: malformed model file ({e})") from e
     log.debug("exec %s", argv)
     try:
         os.execv(argv[0], argv)

@@ -8,6 +8,7 @@ key; a [[model]] with the name of an earlier one replaces it), or from one
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hugepage_agent import units
-from hugepage_agent.errors import ConfigError
+from hugepage_agent.errors import ConfigError, HostError
 from hugepage_agent.host import Host
 
 if sys.version_info >= (3, 11):
@@ -37,8 +38,13 @@ WRAPPER_LOG = ("quiet", "info", "debug")
 WRAPPER_PAGE = ("auto", "2M", "1G")
 LOAD_MODES = ("dio", "none", "keep")
 DEFAULT_ALLOC_MIN = 8 * units.MIB
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.\\\-@]+\.service$")
+# matched whole (fullmatch): a trailing newline is no part of a name
+MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+UNIT_NAME_RE = re.compile(r"[A-Za-z0-9:_.\\\-@]+\.service")
+# units the agent must never put its drop-in into: its own, systemd's, D-Bus's, users'
+FORBIDDEN_UNIT_RE = re.compile(r"(hugepage-agent|dbus|dbus-broker|systemd-.*|user@.*|"
+                               r"user-runtime-dir@.*|init|emergency|rescue)\.service")
+NODE_KEY_RE = re.compile(r"[0-9]{1,4}")
 
 
 DEFAULT_HEADROOM = units.Amount(share=0.02)
@@ -190,21 +196,26 @@ def _read_toml(file: str, text: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "", f"invalid TOML: {e}") from e
+    except RecursionError as e:
+        raise ConfigError(file, "", "invalid TOML: nested too deeply") from e
 
 
 def _config_files(host: Host, explicit: str | None) -> list[tuple[str, str]]:
     """(name shown in messages, text) for each file, in the order they apply."""
     if explicit is not None:
         try:
-            return [(explicit, Path(explicit).read_text(encoding="utf-8"))]
-        except OSError as e:
-            raise ConfigError(explicit, "", f"cannot read: {e.strerror or e}") from e
+            text = Host("/").read_config(os.path.abspath(explicit))
+        except (HostError, ValueError) as e:
+            raise ConfigError(explicit, "", str(e)) from e
+        if text is None:
+            raise ConfigError(explicit, "", "cannot read: No such file or directory")
+        return [(explicit, text)]
     out: list[tuple[str, str]] = []
-    main = host.read_optional(MAIN_CONFIG)
-    if main is not None:
-        out.append((MAIN_CONFIG, main))
-    for p in host.glob(DROPIN_GLOB):
-        text = host.read_optional(p)
+    for p in [MAIN_CONFIG, *host.glob(DROPIN_GLOB)]:
+        try:
+            text = host.read_config(p)
+        except HostError as e:
+            raise ConfigError(p, "", str(e)) from e
         if text is not None:
             out.append((p, text))
     return out
@@ -312,8 +323,8 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
                           "must be an absolute path (or \"\" for no metrics file)")
     interval = _field(src("metrics.interval"), "metrics.interval", units.parse_duration,
                       mt.get("interval", "60s"))
-    if interval < 1:
-        raise ConfigError(src("metrics.interval"), "metrics.interval", "at least 1s")
+    if not 1 <= interval <= 86400:
+        raise ConfigError(src("metrics.interval"), "metrics.interval", "from 1s to 24h")
 
     return Config(
         files=files,
@@ -335,7 +346,7 @@ def _nodes(file: str, nodes: Mapping[str, Any]) -> tuple[tuple[int, float], ...]
     out: list[tuple[int, float]] = []
     for key, value in nodes.items():
         where = f"pool.nodes.{key}"
-        if not key.isdigit():
+        if not NODE_KEY_RE.fullmatch(key):
             raise ConfigError(file, where, "a NUMA node number is expected as the key")
         share = units.parse_percent(value) if isinstance(value, str) else None
         if share is None:
@@ -350,13 +361,15 @@ def _nodes(file: str, nodes: Mapping[str, Any]) -> tuple[tuple[int, float], ...]
 def _model(file: str, index: int, m: Mapping[str, Any]) -> ModelConfig:
     where = f"model[{index}]"
     name = m["name"]
-    if not MODEL_NAME_RE.match(name):
+    if not MODEL_NAME_RE.fullmatch(name):
         raise ConfigError(file, f"{where}.name", f"{name!r} is not a valid model name: use "
                           "letters, digits, '.', '_' and '-' (at most 64, not starting with "
                           "a punctuation mark); it becomes a systemd unit name")
     path = m["path"]
     if not path.startswith("/"):
         raise ConfigError(file, f"{where}.path", f"'{path}' is not an absolute path")
+    if "\0" in path:
+        raise ConfigError(file, f"{where}.path", "contains a NUL character")
     try:
         st = Path(path).stat()
     except OSError as e:
@@ -371,7 +384,11 @@ def _model(file: str, index: int, m: Mapping[str, Any]) -> ModelConfig:
         if "\0" in a:
             raise ConfigError(file, f"{where}.args[{j}]", "contains a NUL character")
     unit = m.get("unit")
-    if unit is not None and not UNIT_NAME_RE.match(unit):
+    if unit is not None and not UNIT_NAME_RE.fullmatch(unit):
         raise ConfigError(file, f"{where}.unit", f"{unit!r} is not a valid .service unit name")
+    if unit is not None and FORBIDDEN_UNIT_RE.fullmatch(unit):
+        raise ConfigError(file, f"{where}.unit", f"{unit!r} must not be managed: the agent "
+                          "would preload its library into it (the agent's own, systemd's, "
+                          "D-Bus's and users' units are refused)")
     return ModelConfig(name=name, path=path, size=st.st_size, args=tuple(args), unit=unit,
                        autostart=m.get("autostart", True))

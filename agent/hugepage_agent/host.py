@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -78,8 +79,8 @@ class Host:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
                 f.flush()
+                os.fchmod(f.fileno(), mode)  # through the descriptor: never a swapped path
                 os.fsync(f.fileno())
-            os.chmod(tmp, mode)
             os.replace(tmp, target)
             dfd = os.open(target.parent, os.O_RDONLY)
             try:
@@ -99,6 +100,29 @@ class Host:
             return False
         except OSError as e:
             raise HostError(f"cannot remove {path}: {e.strerror or e}") from e
+
+    def read_config(self, path: str) -> str | None:
+        """A configuration file's text: None when missing; HostError for anything
+        but a regular file (a FIFO would hang the reader) or text that is not UTF-8."""
+        try:
+            fd = os.open(self.path(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise HostError(f"cannot read {path}: {e.strerror or e}") from e
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise HostError(f"{path} is not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read()
+        except OSError as e:
+            raise HostError(f"cannot read {path}: {e.strerror or e}") from e
+        finally:
+            os.close(fd)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise HostError(f"{path} is not UTF-8 text (byte {e.start})") from e
 
     def stat_size(self, path: str) -> int | None:
         """Size of a file given by an absolute path (model files: not under the root)."""

@@ -84,6 +84,8 @@ def render_model_file(model: ModelConfig, binary: str, added: tuple[str, ...] = 
 def model_argv(text: str) -> list[str]:
     """The llama-server command line from a model file's text."""
     data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
     binary, path, args = data["binary"], data["model"], data["args"]
     if not (isinstance(binary, str) and isinstance(path, str) and isinstance(args, list)
             and all(isinstance(a, str) for a in args)):

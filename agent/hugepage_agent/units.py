@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, None: 1.0}
 
 PAGE_SIZES = {"2M": 2 * MIB, "1G": GIB}
+MAX_BYTES = 1 << 60  # far above any machine: larger values are typos or attacks
 
 
 def parse_bytes(text: str) -> int:
@@ -25,6 +27,8 @@ def parse_bytes(text: str) -> int:
     if not m:
         raise ValueError(f"'{text}' is not a size (expected e.g. 512M, 12G, 1.5T)")
     value = float(m.group(1)) * _SUFFIX[m.group(2).upper()]
+    if not math.isfinite(value) or value > MAX_BYTES:
+        raise ValueError(f"'{text[:40]}' is too large")
     return int(value)
 
 
@@ -39,7 +43,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30s")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError as e:
+            raise ValueError("the duration is too large") from e
     elif isinstance(value, str):
         m = _DURATION_RE.match(value)
         if not m:
@@ -47,6 +54,8 @@ def parse_duration(value: object) -> float:
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     else:
         raise ValueError("expected a duration such as 30s")
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -110,6 +119,8 @@ def parse_amount(value: object, *, allow_pages: bool = True, allow_share: bool =
             raise ValueError("expected a size with a unit such as 12G")
         if value < 0:
             raise ValueError("a page count cannot be negative")
+        if value > MAX_BYTES:
+            raise ValueError("the page count is too large")
         return Amount(pages=value)
     if isinstance(value, str):
         share = parse_percent(value)
