@@ -49,7 +49,7 @@ void hpw_alloc_init(void)
     pthread_atfork(atfork_prepare, atfork_release, atfork_release);
 }
 
-static size_t slot_of(const char *base)
+static size_t slot_of(const void *base)
 {
     uintptr_t k = (uintptr_t)base >> 21;
     return (size_t)((k * 0x9E3779B97F4A7C15ULL) >> 32) & (TABLE_SIZE - 1);
@@ -72,22 +72,34 @@ static int table_put(char *base, size_t len, size_t page)
     return 0;
 }
 
-/* The length of our block at p (0: not ours); with `remove`, forgets it. */
-static size_t table_find(const char *p, int remove)
+/* The table's entry for p, or NULL; the caller holds the lock. */
+static struct block *lookup(const void *p)
 {
-    size_t len = 0;
-    pthread_mutex_lock(&lock);
     for (size_t i = slot_of(p), n = 0; n < TABLE_SIZE && table[i].base != NULL;
-         i = (i + 1) & (TABLE_SIZE - 1), n++) {
-        if (table[i].base == p) {
-            len = table[i].len;
-            if (remove) {
-                table[i].base = TOMBSTONE;
-                live_count--;
-                atomic_fetch_sub(&live_blocks, 1);
-            }
-            break;
-        }
+         i = (i + 1) & (TABLE_SIZE - 1), n++)
+        if (table[i].base == p)
+            return &table[i];
+    return NULL;
+}
+
+/* Whether p may be ours: a huge page aligned pointer while any block lives.
+ * Every other pointer is libc's, known without taking the lock. */
+static int maybe_ours(const void *p)
+{
+    return p != NULL && ((uintptr_t)p & (HPW_2M - 1)) == 0 &&
+           atomic_load_explicit(&live_blocks, memory_order_acquire) != 0;
+}
+
+/* The length of our block at p (0: not ours); with `remove`, forgets it. */
+static size_t table_find(const void *p, int remove)
+{
+    pthread_mutex_lock(&lock);
+    struct block *b = lookup(p);
+    size_t len = b != NULL ? b->len : 0;
+    if (b != NULL && remove) {
+        b->base = TOMBSTONE;
+        live_count--;
+        atomic_fetch_sub(&live_blocks, 1);
     }
     pthread_mutex_unlock(&lock);
     return len;
@@ -98,27 +110,20 @@ static size_t table_find(const char *p, int remove)
 void hpw_alloc_shrink(void *p, size_t size)
 {
     pthread_mutex_lock(&lock);
-    for (size_t i = slot_of(p), n = 0; n < TABLE_SIZE && table[i].base != NULL;
-         i = (i + 1) & (TABLE_SIZE - 1), n++) {
-        if (table[i].base != p)
-            continue;
-        size_t page = table[i].page;
-        size_t keep = (size + page - 1) / page * page;
-        if (keep < table[i].len && hpw_real_munmap((char *)p + keep, table[i].len - keep) == 0) {
-            atomic_fetch_sub(&live_bytes, table[i].len - keep);
-            table[i].len = keep;
+    struct block *b = lookup(p);
+    if (b != NULL) {
+        size_t keep = (size + b->page - 1) / b->page * b->page;
+        if (keep < b->len && hpw_real_munmap((char *)p + keep, b->len - keep) == 0) {
+            atomic_fetch_sub(&live_bytes, b->len - keep);
+            b->len = keep;
         }
-        break;
     }
     pthread_mutex_unlock(&lock);
 }
 
 size_t hpw_alloc_size(const void *p)
 {
-    if (p == NULL || ((uintptr_t)p & (HPW_2M - 1)) != 0 ||
-        atomic_load_explicit(&live_blocks, memory_order_acquire) == 0)
-        return 0;
-    return table_find(p, 0);
+    return maybe_ours(p) ? table_find(p, 0) : 0;
 }
 
 int hpw_alloc_wants(size_t size, size_t align)
@@ -196,8 +201,7 @@ void *hpw_alloc(size_t size)
 /* Frees p if it is ours; 0 when it is not (the caller passes it to libc). */
 int hpw_alloc_free(void *p)
 {
-    if (p == NULL || ((uintptr_t)p & (HPW_2M - 1)) != 0 ||
-        atomic_load_explicit(&live_blocks, memory_order_acquire) == 0)
+    if (!maybe_ours(p))
         return 0;
     size_t len = table_find(p, 1);
     if (len == 0)

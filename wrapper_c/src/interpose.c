@@ -111,28 +111,26 @@ static int serve(size_t size, size_t align)
            hpw_alloc_wants(size, align);
 }
 
-/* A huge page block; NULL with *failed set when strict mode makes the
- * allocation fail, NULL alone when libc is to serve it. errno is kept. */
-static void *huge(size_t size, int *failed)
+/* 1 when the wrapper answers an allocation itself: *out is a huge page
+ * block, or NULL with errno ENOMEM when strict mode makes it fail. 0 when
+ * libc is to serve it (too small, or the pool is short); errno is kept. */
+static int take(size_t size, size_t align, void **out)
 {
+    if (!serve(size, align))
+        return 0;
     int saved = errno;
     inside = 1;
-    void *p = hpw_alloc(size);
+    *out = hpw_alloc(size);
     inside = 0;
-    *failed = p == NULL && hpw_cfg.strict;
-    errno = *failed ? ENOMEM : saved;
-    return p;
+    int failed = *out == NULL && hpw_cfg.strict;
+    errno = failed ? ENOMEM : saved;
+    return *out != NULL || failed;
 }
 
 EXPORT void *malloc(size_t size)
 {
-    if (serve(size, 0)) {
-        int failed;
-        void *p = huge(size, &failed);
-        if (p != NULL || failed)
-            return p;
-    }
-    return hpw_real_malloc(size);
+    void *p;
+    return take(size, 0, &p) ? p : hpw_real_malloc(size);
 }
 
 EXPORT void free(void *p)
@@ -143,14 +141,9 @@ EXPORT void free(void *p)
 
 EXPORT void *calloc(size_t n, size_t size)
 {
-    if (size == 0 || n <= SIZE_MAX / size) {
-        if (serve(n * size, 0)) {
-            int failed;
-            void *p = huge(n * size, &failed); /* fresh huge pages are zero */
-            if (p != NULL || failed)
-                return p;
-        }
-    }
+    void *p; /* fresh huge pages are zero */
+    if ((size == 0 || n <= SIZE_MAX / size) && take(n * size, 0, &p))
+        return p;
     return hpw_real_calloc(n, size);
 }
 
@@ -183,17 +176,14 @@ EXPORT void *realloc(void *p, size_t size)
         }
         return move(p, ours, size);
     }
-    if (serve(size, 0) && !hpw_is_boot(p)) {
-        size_t old = hpw_real_usable_size(p);
-        int failed;
-        void *q = huge(size, &failed);
+    void *q;
+    if (!hpw_is_boot(p) && take(size, 0, &q)) { /* grown across the threshold */
         if (q != NULL) {
+            size_t old = hpw_real_usable_size(p);
             memcpy(q, p, old < size ? old : size);
             hpw_real_free(p);
-            return q;
         }
-        if (failed)
-            return NULL;
+        return q; /* NULL in strict mode: p stays as it was */
     }
     return hpw_real_realloc(p, size);
 }
@@ -214,28 +204,20 @@ static int valid_align(size_t align)
 
 EXPORT int posix_memalign(void **out, size_t align, size_t size)
 {
-    if (valid_align(align) && align % sizeof(void *) == 0 && serve(size, align)) {
-        int failed;
-        void *p = huge(size, &failed);
-        if (p != NULL) {
-            *out = p;
-            return 0;
-        }
-        if (failed)
-            return ENOMEM;
+    void *p;
+    if (valid_align(align) && align % sizeof(void *) == 0 && take(size, align, &p)) {
+        if (p == NULL)
+            return ENOMEM; /* strict mode */
+        *out = p;
+        return 0;
     }
     return hpw_real_posix_memalign(out, align, size);
 }
 
 static void *aligned(size_t align, size_t size, void *(*real)(size_t, size_t))
 {
-    if (valid_align(align) && serve(size, align)) {
-        int failed;
-        void *p = huge(size, &failed);
-        if (p != NULL || failed)
-            return p;
-    }
-    return real(align, size);
+    void *p;
+    return valid_align(align) && take(size, align, &p) ? p : real(align, size);
 }
 
 EXPORT void *aligned_alloc(size_t align, size_t size)

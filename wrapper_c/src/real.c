@@ -1,11 +1,14 @@
 /* The libc functions underneath the interposers, resolved once with
- * dlsym(RTLD_NEXT). dlsym can allocate, and an allocation can mmap: until the
- * symbols are resolved, and while resolving, raw system calls stand in. */
+ * dlsym(RTLD_NEXT): the mmap family here, the malloc family for alloc_real.c.
+ * dlsym can allocate, and an allocation can mmap: until the symbols are
+ * resolved, and while resolving, raw system calls (and alloc_real.c's static
+ * arena) stand in. */
 #include "wrapper.h"
 
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -19,7 +22,9 @@ static range_fn real_munmap;
 static range_arg_fn real_mprotect;
 static range_arg_fn real_madvise;
 static range_arg_fn real_posix_madvise;
+struct hpw_alloc_fns hpw_next_alloc;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
+static atomic_int resolved;
 static __thread int resolving;
 
 static void resolve(void)
@@ -30,13 +35,33 @@ static void resolve(void)
     real_mprotect = (range_arg_fn)dlsym(RTLD_NEXT, "mprotect");
     real_madvise = (range_arg_fn)dlsym(RTLD_NEXT, "madvise");
     real_posix_madvise = (range_arg_fn)dlsym(RTLD_NEXT, "posix_madvise");
+    struct hpw_alloc_fns *a = &hpw_next_alloc;
+    a->malloc = (void *(*)(size_t))dlsym(RTLD_NEXT, "malloc");
+    a->free = (void (*)(void *))dlsym(RTLD_NEXT, "free");
+    a->calloc = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "calloc");
+    a->realloc = (void *(*)(void *, size_t))dlsym(RTLD_NEXT, "realloc");
+    a->posix_memalign = (int (*)(void **, size_t, size_t))dlsym(RTLD_NEXT, "posix_memalign");
+    a->aligned_alloc = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "aligned_alloc");
+    a->memalign = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "memalign");
+    a->usable_size = (size_t (*)(void *))dlsym(RTLD_NEXT, "malloc_usable_size");
     resolving = 0;
+    atomic_store_explicit(&resolved, 1, memory_order_release);
 }
 
 void hpw_resolve_real(void)
 {
     if (!resolving)
         pthread_once(&once, resolve);
+}
+
+int hpw_real_ready(void)
+{
+    if (atomic_load_explicit(&resolved, memory_order_acquire))
+        return 1;
+    if (resolving)
+        return 0;
+    pthread_once(&once, resolve);
+    return hpw_next_alloc.malloc != NULL;
 }
 
 void *hpw_real_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)

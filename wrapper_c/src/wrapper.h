@@ -43,6 +43,21 @@ int hpw_real_mprotect(void *addr, size_t len, int prot);
 int hpw_real_madvise(void *addr, size_t len, int advice);
 int hpw_real_posix_madvise(void *addr, size_t len, int advice);
 void hpw_resolve_real(void);
+/* The malloc family next in the lookup order (glibc's, or jemalloc's where a
+ * program links it), resolved with the rest. */
+struct hpw_alloc_fns {
+    void *(*malloc)(size_t);
+    void (*free)(void *);
+    void *(*calloc)(size_t, size_t);
+    void *(*realloc)(void *, size_t);
+    int (*posix_memalign)(void **, size_t, size_t);
+    void *(*aligned_alloc)(size_t, size_t);
+    void *(*memalign)(size_t, size_t);
+    size_t (*usable_size)(void *);
+};
+extern struct hpw_alloc_fns hpw_next_alloc;
+/* 1 when they can be called; 0 while they are being resolved (in this thread). */
+int hpw_real_ready(void);
 
 /* alloc_real.c: the allocator underneath (the next malloc in the lookup
  * order), with a static arena for what comes before it is resolved. */
