@@ -40,10 +40,9 @@ class ApplyReport:
         return self.result is None or self.result.met
 
 
-def plan_for(host: Host, cfg: Config, fresh: bool = False) -> Plan:
-    """`fresh`: project each model's memory anew (asks llama.cpp); otherwise use
-    what the last apply projected, or an estimate."""
-    return plan_with(host, cfg, footprint.project_models(host, cfg, fresh))
+def plan_for(host: Host, cfg: Config) -> Plan:
+    """The plan from what the last apply projected for each model, or an estimate."""
+    return plan_with(host, cfg, footprint.project_models(host, cfg, fresh=False))
 
 
 def plan_with(host: Host, cfg: Config, fps: dict[str, footprint.Footprint]) -> Plan:

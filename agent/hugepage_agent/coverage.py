@@ -137,4 +137,4 @@ def _cmdline_names(host: Host, pid: int, model_path: str) -> bool:
         raw = host.read_optional(f"/proc/{pid}/cmdline")
     except Exception:
         return False
-    return bool(raw) and model_path in (raw or "").split("\0")
+    return raw is not None and model_path in raw.split("\0")

@@ -14,6 +14,7 @@ Every allocation is rounded up to whole huge pages, as the wrapper serves it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -67,11 +68,6 @@ class Footprint:
         loaded = up(self.weights) + (page if self.weights else 0) + up(self.file_copy)
         return max(loaded + up(self.transient),
                    loaded + up(self.kv) + up(self.compute) + up(self.meta))
-
-    @property
-    def used(self) -> int:
-        """What the server reads once loaded."""
-        return self.weights + self.file_copy - self.dead + self.kv + self.compute + self.meta
 
     def breakdown(self) -> str:
         parts = [("weights", self.weights), ("file copy", self.file_copy),
@@ -256,10 +252,10 @@ def project_models(host: Host, cfg: Config, fresh: bool) -> dict[str, Footprint]
     and remember the answers in /run; otherwise take the remembered ones, or
     estimate. Models that are not GGUF files are left out (their file size
     stands in)."""
-    try:
-        cached = json.loads(host.read_optional(CACHE_FILE) or "{}")
-    except (ValueError, HostError):
-        cached = {}
+    cached: object = {}
+    if not fresh:
+        with contextlib.suppress(ValueError, HostError):
+            cached = json.loads(host.read_optional(CACHE_FILE) or "{}")
     if not isinstance(cached, dict):
         cached = {}
     out: dict[str, Footprint] = {}

@@ -15,6 +15,7 @@ says what it means for huge page coverage.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 from collections.abc import Sequence
@@ -69,15 +70,25 @@ def operator_choice(args: Sequence[str]) -> str | None:
 
 
 def _binary_has(binary: str, needle: bytes) -> bool:
-    """Whether the server binary knows an option, from its string table (no exec)."""
+    """Whether the server binary knows an option, from its string table (no exec).
+    Each binary is searched once per version of it, however many models ask."""
+    try:
+        st = os.stat(binary)
+    except OSError:
+        return True  # cannot tell: assume a current llama.cpp
+    return _search(binary, st.st_size, st.st_mtime_ns, needle)
+
+
+@functools.lru_cache(maxsize=32)
+def _search(binary: str, size: int, mtime_ns: int, needle: bytes) -> bool:
+    del mtime_ns  # the cache key
+    if size == 0:
+        return False
     try:
         fd = os.open(binary, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return True  # cannot tell: assume a current llama.cpp
+        return True
     try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return False
         with mmap.mmap(fd, size, prot=mmap.PROT_READ) as m:
             return m.find(needle) >= 0
     except (OSError, ValueError):

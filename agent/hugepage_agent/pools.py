@@ -196,13 +196,16 @@ class KernelPool:
             return False
         try:
             before = self.host.read_int(knob)
+        except HostError:
+            return False
+        try:
             self.write(self.in_use())  # its free pages must not pin the ranges to empty
             gib = -(-pages * self.page_size_kb // gib_kb)
             self.host.write_knob(knob, str(before + gib))
         except HostError:
             return False
         finally:
-            with contextlib.suppress(HostError, UnboundLocalError):
+            with contextlib.suppress(HostError):
                 self.host.write_knob(knob, str(before))
         return True
 
