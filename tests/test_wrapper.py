@@ -67,11 +67,23 @@ def pool(kernel_state: None) -> Iterator[int]:
     yield got
 
 
-def assert_in_huge_pages(r: dict[str, str], path: Path, length: int, page_kb: int = 2048) -> None:
+def whole_pages(path: Path, offset: int, length: int, page: int = H2M) -> int:
+    """The huge pages a copy keeps: those wholly inside the file's data (the
+    last, partial one is in 4 KiB pages, as the program would see it)."""
+    data = min(length, path.stat().st_size - offset)
+    return -(-data // 4096) * 4096 // page
+
+
+def assert_in_huge_pages(r: dict[str, str], path: Path, length: int, page_kb: int = 2048,
+                         offset: int = 0) -> None:
     assert r["mmap"] == "ok"
     assert r["compare"] == "match", f"first differing byte at {r['mismatch_at']}"
-    assert int(r["map_hugetlb_kb"]) == int(r["map_size_kb"])
-    assert int(r["map_size_kb"]) * 1024 >= length
+    if page_kb == 2048:
+        assert int(r["map_hugetlb_kb"]) == whole_pages(path, offset, length) * 2048
+        assert int(r["map_size_kb"]) * 1024 == -(-length // 4096) * 4096
+    else:
+        assert int(r["map_hugetlb_kb"]) == int(r["map_size_kb"])
+        assert int(r["map_size_kb"]) * 1024 >= length
     assert int(r["map_kernel_page_kb"]) == page_kb
     assert r["map_name"] == f"/memfd:hugepage-wrapper:{path} (deleted)"
 
@@ -80,7 +92,7 @@ def test_exports_only_the_interposed_symbols(wrapper_build: Path) -> None:
     out = subprocess.run(["nm", "-D", "--defined-only", str(wrapper_build)],
                          capture_output=True, text=True, check=True).stdout
     names = {line.split()[-1] for line in out.splitlines() if line.strip()}
-    assert names == {"mmap", "mmap64", "munmap", "mprotect", "madvise", "posix_madvise",
+    assert names == {"mmap", "mmap64", "munmap", "mremap", "mprotect", "madvise", "posix_madvise",
                      "malloc", "free", "calloc", "realloc", "reallocarray", "posix_memalign",
                      "aligned_alloc", "memalign", "malloc_usable_size"}
 
@@ -95,8 +107,8 @@ def test_contents_match_and_pool_returns(pool: int, data: Path, offset: int,
                                          length: int) -> None:
     start = free_pages(2048)
     r, err = run_map(data, offset, length)
-    assert_in_huge_pages(r, data, length)
-    assert int(r["free2m_after_map"]) == start - pages(-(-length // 4096) * 4096)
+    assert_in_huge_pages(r, data, length, offset=offset)
+    assert int(r["free2m_after_map"]) == start - whole_pages(data, offset, length)
     assert r["unmap_rc"] == "0"
     assert int(r["free2m_after_unmap"]) == start
     assert free_pages(2048) == start
@@ -127,10 +139,13 @@ def test_llama_unmap_pattern(pool: int, data: Path) -> None:
     head, tail = 37 * 4096, 200 * MIB + 3 * 4096
     r, err = run_map(data, 0, FILE_SIZE, "--llama-unmap", str(head), str(tail))
     assert r["unmap_head_rc"] == "0" and r["unmap_tail_rc"] == "0"
-    still = pages(tail) - head // H2M  # huge pages that still hold part of [head, tail)
+    # The huge pages wholly inside [head, tail) stay; those cut in two became
+    # 4 KiB pages (the kernel cannot unmap part of a huge page).
+    still = tail // H2M - -(-head // H2M)
     assert int(r["free2m_after_partial"]) == start - still
     assert r["compare_middle"] == "match"
-    assert int(r["middle_hugetlb_kb"]) == int(r["middle_size_kb"])
+    assert int(r["middle_hugetlb_kb"]) == still * 2048
+    assert int(r["middle_size_kb"]) * 1024 == tail - head
     assert r["unmap_rest_rc"] == "0"
     assert int(r["free2m_after_unmap"]) == start
     assert "munmap" not in err
@@ -225,8 +240,13 @@ def test_quiet_log(pool: int, data: Path) -> None:
 def test_one_gib_pages(kernel_state: None, data: Path) -> None:
     if set_pool(1048576, 1) < 1:
         pytest.skip("the kernel could not allocate a 1 GiB page (memory fragmented)")
+    set_pool(2048, pages(FILE_SIZE))
+    r, err = run_map(data, 0, FILE_SIZE)  # auto, both pools: 2 MiB pages waste less
+    assert_in_huge_pages(r, data, FILE_SIZE)
+    assert f"0 x 1 GiB and {pages(FILE_SIZE)} x 2 MiB" in err
+    set_pool(2048, 0)
     start = free_pages(1048576)
-    r, err = run_map(data, 0, FILE_SIZE)  # auto: the 1 GiB pool has room
+    r, err = run_map(data, 0, FILE_SIZE)  # auto: only the 1 GiB pool has room
     assert_in_huge_pages(r, data, FILE_SIZE, page_kb=1048576)
     assert "1 x 1 GiB" in err
     assert int(r["free1g_after_unmap"]) == start

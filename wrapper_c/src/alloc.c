@@ -113,9 +113,12 @@ void hpw_alloc_shrink(void *p, size_t size)
     struct block *b = lookup(p);
     if (b != NULL) {
         size_t keep = (size + b->page - 1) / b->page * b->page;
-        if (keep < b->len && hpw_real_munmap((char *)p + keep, b->len - keep) == 0) {
-            atomic_fetch_sub(&live_bytes, b->len - keep);
-            b->len = keep;
+        if (keep < b->len) {
+            hpw_registry_shrink(p, keep);
+            if (hpw_real_munmap((char *)p + keep, b->len - keep) == 0) {
+                atomic_fetch_sub(&live_bytes, b->len - keep);
+                b->len = keep;
+            }
         }
     }
     pthread_mutex_unlock(&lock);
@@ -186,7 +189,13 @@ void *hpw_alloc(size_t size)
     close(fd);
     if (p == MAP_FAILED)
         return fallback(size, pages, page, "huge page pool short");
+    if (hpw_registry_add(HPW_REGION_ALLOC, p, len, page, len, PROT_READ | PROT_WRITE,
+                         NULL) != 0) {
+        hpw_real_munmap(p, len);
+        return fallback(size, pages, page, "too many huge page allocations");
+    }
     if (table_put(p, len, page) != 0) {
+        hpw_registry_remove(HPW_REGION_ALLOC, p);
         hpw_real_munmap(p, len);
         return fallback(size, pages, page, "too many huge page allocations");
     }
@@ -206,7 +215,9 @@ int hpw_alloc_free(void *p)
     size_t len = table_find(p, 1);
     if (len == 0)
         return 0;
+    hpw_registry_remove(HPW_REGION_ALLOC, p); /* before the addresses can be reused */
     hpw_real_munmap(p, len);
+    hpw_log(HPW_LOG_DEBUG, "freed the allocation at %p (%.1f MiB)", p, mib(len));
     atomic_fetch_sub(&live_bytes, len);
     return 1;
 }

@@ -61,7 +61,7 @@ void hpw_config_load(void)
     const char *v;
 
     /* The log level first, so that later messages honour it. */
-    if ((v = getenv("HUGEPAGE_WRAPPER_LOG")) != NULL && *v != '\0') {
+    if ((v = secure_getenv("HUGEPAGE_WRAPPER_LOG")) != NULL && *v != '\0') {
         if (strcmp(v, "quiet") == 0)
             hpw_cfg.log = HPW_LOG_QUIET;
         else if (strcmp(v, "info") == 0)
@@ -71,14 +71,14 @@ void hpw_config_load(void)
         else
             invalid("HUGEPAGE_WRAPPER_LOG", v, "quiet, info or debug");
     }
-    if ((v = getenv("HUGEPAGE_WRAPPER_MIN_SIZE")) != NULL && *v != '\0') {
+    if ((v = secure_getenv("HUGEPAGE_WRAPPER_MIN_SIZE")) != NULL && *v != '\0') {
         size_t n;
         if (hpw_parse_size(v, &n) == 0 && n > 0)
             hpw_cfg.min_size = n;
         else
             invalid("HUGEPAGE_WRAPPER_MIN_SIZE", v, "a positive size such as 1G or 536870912");
     }
-    if ((v = getenv("HUGEPAGE_WRAPPER_ALLOC_MIN_SIZE")) != NULL && *v != '\0') {
+    if ((v = secure_getenv("HUGEPAGE_WRAPPER_ALLOC_MIN_SIZE")) != NULL && *v != '\0') {
         size_t n;
         if (strcmp(v, "off") == 0)
             hpw_cfg.alloc_min = 0;
@@ -87,7 +87,7 @@ void hpw_config_load(void)
         else
             invalid("HUGEPAGE_WRAPPER_ALLOC_MIN_SIZE", v, "a size such as 8M, or off");
     }
-    if ((v = getenv("HUGEPAGE_WRAPPER_PAGE_SIZE")) != NULL && *v != '\0') {
+    if ((v = secure_getenv("HUGEPAGE_WRAPPER_PAGE_SIZE")) != NULL && *v != '\0') {
         if (strcmp(v, "2M") == 0 || strcmp(v, "2m") == 0)
             hpw_cfg.page = HPW_PAGE_2M;
         else if (strcmp(v, "1G") == 0 || strcmp(v, "1g") == 0)
@@ -97,7 +97,7 @@ void hpw_config_load(void)
         else
             invalid("HUGEPAGE_WRAPPER_PAGE_SIZE", v, "2M, 1G or auto");
     }
-    if ((v = getenv("HUGEPAGE_WRAPPER_STRICT")) != NULL && *v != '\0') {
+    if ((v = secure_getenv("HUGEPAGE_WRAPPER_STRICT")) != NULL && *v != '\0') {
         if (strcmp(v, "1") == 0)
             hpw_cfg.strict = 1;
         else if (strcmp(v, "0") == 0)
@@ -105,7 +105,7 @@ void hpw_config_load(void)
         else
             invalid("HUGEPAGE_WRAPPER_STRICT", v, "0 or 1");
     }
-    if ((v = getenv("HUGEPAGE_WRAPPER_THREADS")) != NULL && *v != '\0') {
+    if ((v = secure_getenv("HUGEPAGE_WRAPPER_THREADS")) != NULL && *v != '\0') {
         char *end = NULL;
         errno = 0;
         long n = strtol(v, &end, 10);

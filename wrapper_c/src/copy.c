@@ -27,7 +27,7 @@
 
 #define CHUNK (64UL << 20)
 #define MAX_IO 0x7ffff000UL
-#define MAX_THREADS 64
+#define MAX_THREADS 256 /* as HUGEPAGE_WRAPPER_THREADS and wrapper.threads allow */
 
 struct job {
     int fd;

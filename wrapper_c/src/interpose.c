@@ -4,6 +4,7 @@
 #include "wrapper.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -19,6 +20,7 @@ __attribute__((constructor)) static void hpw_init(void)
     inside = 1;
     hpw_resolve_real();
     hpw_config_load();
+    hpw_registry_init(); /* before alloc's: fork takes alloc's lock first */
     hpw_alloc_init();
     inside = 0;
     atomic_store_explicit(&initialized, 1, memory_order_release);
@@ -29,17 +31,10 @@ __attribute__((destructor)) static void hpw_fini(void)
     hpw_alloc_report();
 }
 
-static int eligible(size_t length, int prot, int flags, int fd, off_t offset)
-{
-    return !inside && fd >= 0 && !(flags & MAP_ANONYMOUS) && (prot & PROT_READ) &&
-           !(prot & PROT_WRITE) && !(flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) &&
-           length >= hpw_cfg.min_size && (offset & (off_t)(HPW_SMALL_PAGE - 1)) == 0 &&
-           offset >= 0;
-}
-
 EXPORT void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
 {
-    if (eligible(length, prot, flags, fd, offset)) {
+    if (!inside && !(flags & MAP_ANONYMOUS) &&
+        hpw_takeover_eligible(length, prot, flags, fd, offset)) {
         int saved = errno, taken = 0;
         inside = 1;
         void *p = hpw_try_takeover(length, prot, flags, fd, offset, &taken);
@@ -47,6 +42,17 @@ EXPORT void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t 
         if (taken)
             return p;
         errno = saved;
+    }
+    if (!inside && (flags & MAP_FIXED) && ((uintptr_t)addr & (HPW_SMALL_PAGE - 1)) == 0 &&
+        length != 0 && !hpw_registry_empty()) {
+        /* The new mapping replaces whatever is there, huge pages included. */
+        inside = 1;
+        int rc = hpw_registry_prepare_fixed(addr, length);
+        inside = 0;
+        if (rc != 0) {
+            errno = ENOMEM;
+            return MAP_FAILED;
+        }
     }
     return hpw_real_mmap(addr, length, prot, flags, fd, offset);
 }
@@ -96,11 +102,35 @@ EXPORT int madvise(void *addr, size_t len, int advice)
     return handled ? rc : hpw_real_madvise(addr, len, advice);
 }
 
+/* posix_madvise returns an error number and leaves errno alone. */
 EXPORT int posix_madvise(void *addr, size_t len, int advice)
 {
-    int handled;
-    int rc = ranged(HPW_OP_ADVISE, addr, len, advice, hpw_real_posix_madvise, &handled);
-    return handled ? rc : hpw_real_posix_madvise(addr, len, advice);
+    if (advice == POSIX_MADV_DONTNEED || inside || hpw_registry_empty())
+        return hpw_real_posix_madvise(addr, len, advice);
+    int saved = errno;
+    int rc = madvise(addr, len, advice) == 0 ? 0 : errno;
+    errno = saved;
+    return rc;
+}
+
+EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
+{
+    void *new_addr = NULL;
+    if (flags & MREMAP_FIXED) {
+        va_list ap;
+        va_start(ap, flags);
+        new_addr = va_arg(ap, void *);
+        va_end(ap);
+    }
+    if (!inside && !hpw_registry_empty()) {
+        int handled;
+        inside = 1;
+        void *p = hpw_registry_mremap(old, old_size, new_size, flags, new_addr, &handled);
+        inside = 0;
+        if (handled)
+            return p;
+    }
+    return hpw_real_mremap(old, old_size, new_size, flags, new_addr);
 }
 
 /* ---- the malloc family: large allocations from huge pages (alloc.c) ---- */

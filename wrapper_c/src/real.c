@@ -22,6 +22,8 @@ static range_fn real_munmap;
 static range_arg_fn real_mprotect;
 static range_arg_fn real_madvise;
 static range_arg_fn real_posix_madvise;
+typedef void *(*mremap_fn)(void *, size_t, size_t, int, ...);
+static mremap_fn real_mremap;
 struct hpw_alloc_fns hpw_next_alloc;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static atomic_int resolved;
@@ -35,6 +37,7 @@ static void resolve(void)
     real_mprotect = (range_arg_fn)dlsym(RTLD_NEXT, "mprotect");
     real_madvise = (range_arg_fn)dlsym(RTLD_NEXT, "madvise");
     real_posix_madvise = (range_arg_fn)dlsym(RTLD_NEXT, "posix_madvise");
+    real_mremap = (mremap_fn)dlsym(RTLD_NEXT, "mremap");
     struct hpw_alloc_fns *a = &hpw_next_alloc;
     a->malloc = (void *(*)(size_t))dlsym(RTLD_NEXT, "malloc");
     a->free = (void (*)(void *))dlsym(RTLD_NEXT, "free");
@@ -106,4 +109,12 @@ int hpw_real_posix_madvise(void *addr, size_t len, int advice)
         return 0; /* glibc ignores it too: it would discard data */
     long r = syscall(SYS_madvise, addr, len, advice);
     return r == 0 ? 0 : errno;
+}
+
+void *hpw_real_mremap(void *old, size_t old_size, size_t new_size, int flags, void *new_addr)
+{
+    hpw_resolve_real();
+    if (real_mremap != NULL)
+        return real_mremap(old, old_size, new_size, flags, new_addr);
+    return (void *)syscall(SYS_mremap, old, old_size, new_size, flags, new_addr);
 }

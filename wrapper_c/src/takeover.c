@@ -1,8 +1,9 @@
-/* Serving one file mapping from explicit huge pages: choose the page size,
- * check the pool, allocate a hugetlb memfd named after the file (so
- * /proc/PID/smaps attributes the pages to it), fill it, and register it.
- * Anything that goes wrong releases what was taken and falls back to the
- * caller's own file mapping (or fails with ENOMEM in strict mode). */
+/* Serving one file mapping from explicit huge pages: decide whether a copy
+ * can be told from the file mapping, choose the page sizes, check the pool,
+ * map private hugetlb memfds named after the file (so /proc/PID/smaps
+ * attributes the pages to it), fill them, and register them. Anything that
+ * goes wrong releases what was taken and falls back to the caller's own file
+ * mapping (or fails with ENOMEM in strict mode). */
 #include "wrapper.h"
 
 #include <errno.h>
@@ -11,7 +12,11 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <linux/magic.h>
+#include <stdint.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -33,22 +38,6 @@ static void fd_path(int fd, char *out, size_t size)
     if (n < 0)
         n = snprintf(out, size, "fd %d", fd);
     out[n < (ssize_t)size ? n : (ssize_t)size - 1] = '\0';
-}
-
-static const char *page_name(size_t page)
-{
-    return page == HPW_1G ? "1 GiB" : "2 MiB";
-}
-
-static size_t choose_page_size(size_t visible)
-{
-    if (hpw_cfg.page == HPW_PAGE_2M)
-        return HPW_2M;
-    if (hpw_cfg.page == HPW_PAGE_1G)
-        return HPW_1G;
-    long avail = hpw_pool_available(HPW_1G);
-    size_t need = (visible + HPW_1G - 1) / HPW_1G;
-    return avail > 0 && (size_t)avail >= need ? HPW_1G : HPW_2M;
 }
 
 static void *give_up(const char *path, int *taken)
@@ -85,98 +74,225 @@ static int fill_from(int fd, int direct, off_t offset, size_t bytes, char *dst,
     return rc;
 }
 
+#define ALLOWED_FLAGS (MAP_POPULATE | MAP_NORESERVE | MAP_LOCKED | MAP_NONBLOCK | \
+                       MAP_DENYWRITE | MAP_EXECUTABLE)
+
+/* From the arguments alone: a read-only private or shared file mapping, with
+ * no flag whose meaning a copy could not keep (MAP_FIXED, MAP_32BIT,
+ * MAP_SHARED_VALIDATE, MAP_GROWSDOWN, MAP_HUGETLB...). */
+int hpw_takeover_eligible(size_t length, int prot, int flags, int fd, off_t offset)
+{
+    int type = flags & MAP_TYPE;
+    return fd >= 0 && prot == PROT_READ && (type == MAP_PRIVATE || type == MAP_SHARED) &&
+           (flags & ~(MAP_TYPE | ALLOWED_FLAGS)) == 0 && length >= hpw_cfg.min_size &&
+           length <= ((size_t)-1 >> 2) && offset >= 0 &&
+           (offset & (off_t)(HPW_SMALL_PAGE - 1)) == 0;
+}
+
+/* Where a copy cannot be told from the file mapping: a regular file with data
+ * at the offset, read through a descriptor that cannot make the mapping
+ * writable later (a shared mapping of a read-write descriptor could be), on a
+ * file system whose pages are not memory already (tmpfs, memfd, hugetlbfs). */
+static int copyable(int fd, int flags, struct stat *st, int *fl, int *noexec)
+{
+    struct statfs sf;
+    if (fstat(fd, st) != 0 || !S_ISREG(st->st_mode) || fstatfs(fd, &sf) != 0)
+        return 0;
+    if (sf.f_type == TMPFS_MAGIC || sf.f_type == HUGETLBFS_MAGIC || sf.f_type == RAMFS_MAGIC)
+        return 0;
+    *fl = fcntl(fd, F_GETFL);
+    if (*fl < 0 || (*fl & O_PATH))
+        return 0;
+    int mode = *fl & O_ACCMODE;
+    if (mode == O_WRONLY || (mode == O_RDWR && (flags & MAP_TYPE) != MAP_PRIVATE))
+        return 0;
+    *noexec = (sf.f_flags & ST_NOEXEC) != 0;
+    return 1;
+}
+
+struct plan {
+    size_t visible;   /* what the program mapped, in 4 KiB pages */
+    size_t bytes;     /* file bytes in it */
+    size_t data_len;  /* those bytes in 4 KiB pages: the copy */
+    size_t big;       /* bytes in 1 GiB pages, from the start */
+    size_t small;     /* bytes in 2 MiB pages, after them */
+    size_t align;
+};
+
+static int have(size_t page, size_t n)
+{
+    long avail = n ? hpw_pool_available(page) : 0;
+    return n == 0 || (avail >= 0 && (size_t)avail >= n);
+}
+
+/* Auto mode: 1 GiB pages for the whole gigabytes and 2 MiB pages for the rest
+ * where the pools have them; else all in 1 GiB pages, else all in 2 MiB. */
+static void plan_pages(struct plan *p)
+{
+    size_t gib = p->data_len / HPW_1G, up = (p->data_len + HPW_1G - 1) / HPW_1G;
+    size_t rest = (p->data_len - gib * HPW_1G + HPW_2M - 1) / HPW_2M;
+    if (hpw_cfg.page == HPW_PAGE_1G)
+        p->big = up * HPW_1G;
+    else if (hpw_cfg.page == HPW_PAGE_2M)
+        p->big = 0;
+    else if (gib > 0 && have(HPW_1G, gib) && have(HPW_2M, rest))
+        p->big = gib * HPW_1G;
+    else if (have(HPW_1G, up) && !have(HPW_2M, (p->data_len + HPW_2M - 1) / HPW_2M))
+        p->big = up * HPW_1G;
+    else
+        p->big = 0;
+    size_t left = p->data_len > p->big ? p->data_len - p->big : 0;
+    p->small = (left + HPW_2M - 1) / HPW_2M * HPW_2M;
+    p->align = p->big != 0 ? HPW_1G : HPW_2M;
+}
+
+static int pool_has(const struct plan *p, char *why, size_t size)
+{
+    size_t n1 = p->big / HPW_1G, n2 = p->small / HPW_2M;
+    if (have(HPW_1G, n1) && have(HPW_2M, n2))
+        return 1;
+    long a1 = hpw_pool_available(HPW_1G), a2 = hpw_pool_available(HPW_2M);
+    int w = snprintf(why, size, "huge page pool short: need");
+    if (n1 && w > 0 && (size_t)w < size)
+        w += snprintf(why + w, size - (size_t)w, " %zu x 1 GiB pages, %ld free%s", n1,
+                      a1 < 0 ? 0 : a1, n2 ? ";" : "");
+    if (n2 && w > 0 && (size_t)w < size)
+        snprintf(why + w, size - (size_t)w, " %zu x 2 MiB pages, %ld free", n2, a2 < 0 ? 0 : a2);
+    return 0;
+}
+
+/* A private mapping of a fresh hugetlb memfd at `at`: its pages are anonymous
+ * huge pages, charged to the pool now. */
+static int map_segment(char *at, size_t len, size_t page, const char *name)
+{
+    unsigned size_flag = page == HPW_1G ? MFD_HUGE_1GB : MFD_HUGE_2MB;
+    int memfd = memfd_create(name, MFD_CLOEXEC | MFD_HUGETLB | size_flag);
+    if (memfd < 0)
+        return -1;
+    void *m = MAP_FAILED;
+    if (ftruncate(memfd, (off_t)len) == 0)
+        m = hpw_real_mmap(at, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, memfd, 0);
+    int saved = errno;
+    close(memfd);
+    errno = saved;
+    return m == MAP_FAILED ? -1 : 0;
+}
+
+static int munmap_arg(void *addr, size_t len, int unused)
+{
+    (void)unused;
+    return hpw_real_munmap(addr, len);
+}
+
 void *hpw_try_takeover(size_t length, int prot, int flags, int fd, off_t offset,
                        int *taken)
 {
-    (void)flags;
     *taken = 0;
     struct stat st;
-    /* A regular file with data at the offset: /proc and /sys files (size 0)
-     * and mappings wholly past the end go to the kernel, which decides. */
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= offset)
+    int fl = 0, noexec = 0;
+    if (!copyable(fd, flags, &st, &fl, &noexec) || st.st_size <= offset)
         return NULL;
-    int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || (fl & O_ACCMODE) == O_WRONLY)
-        return NULL;
+    struct plan pl = {.visible = (length + HPW_SMALL_PAGE - 1) & ~(HPW_SMALL_PAGE - 1)};
+    pl.bytes = (size_t)(st.st_size - offset) < pl.visible ? (size_t)(st.st_size - offset)
+                                                          : pl.visible;
+    pl.data_len = (pl.bytes + HPW_SMALL_PAGE - 1) & ~(HPW_SMALL_PAGE - 1);
+    if (pl.data_len < hpw_cfg.min_size)
+        return NULL; /* the file holds less than that: not worth a copy */
+    plan_pages(&pl);
 
-    char path[4096];
+    char path[4096], why[160];
     fd_path(fd, path, sizeof path);
-    size_t visible = (length + HPW_SMALL_PAGE - 1) & ~(HPW_SMALL_PAGE - 1);
-    size_t page = choose_page_size(visible);
-    size_t npages = (visible + page - 1) / page;
-    size_t total = npages * page;
-
-    long avail = hpw_pool_available(page);
-    if (avail < 0 || (size_t)avail < npages) {
-        hpw_log(HPW_LOG_QUIET, "%s: huge page pool short: need %zu x %s pages, %ld free; "
-                "%s", path, npages, page_name(page), avail < 0 ? 0 : avail,
-                hpw_cfg.strict ? "not falling back" : "falling back to the regular file mapping");
+    if (!pool_has(&pl, why, sizeof why)) {
+        hpw_log(HPW_LOG_QUIET, "%s: %s; %s", path, why, hpw_cfg.strict ? "not falling back"
+                : "falling back to the regular file mapping");
         return give_up(path, taken);
     }
-
     char name[MEMFD_NAME_MAX + 1];
     size_t plen = strlen(path), room = MEMFD_NAME_MAX - sizeof MEMFD_PREFIX + 1;
     const char *tail = plen > room ? path + plen - room : path;
     memcpy(name, MEMFD_PREFIX, sizeof MEMFD_PREFIX - 1);
     memcpy(name + sizeof MEMFD_PREFIX - 1, tail, strlen(tail) + 1);
-    unsigned size_flag = page == HPW_1G ? MFD_HUGE_1GB : MFD_HUGE_2MB;
-    int memfd = memfd_create(name, MFD_CLOEXEC | MFD_HUGETLB | size_flag);
-    if (memfd < 0) {
-        hpw_log(HPW_LOG_QUIET, "%s: cannot create a %s hugetlb memfd (%s); %s", path,
-                page_name(page), strerror(errno), hpw_cfg.strict ? "not falling back"
-                : "falling back to the regular file mapping");
+
+    /* Address space for the copy and the part past the end of file, aligned. */
+    size_t huge_len = pl.big + pl.small;
+    size_t span = huge_len > pl.visible ? huge_len : pl.visible;
+    char *res = hpw_real_mmap(NULL, span + pl.align, PROT_NONE,
+                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (res == MAP_FAILED)
         return give_up(path, taken);
-    }
-    char *base = MAP_FAILED;
-    if (ftruncate(memfd, (off_t)total) == 0)
-        base = hpw_real_mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
-    if (base == MAP_FAILED) {
+    char *base = (char *)(((uintptr_t)res + pl.align - 1) & ~(uintptr_t)(pl.align - 1));
+    if (base > res)
+        hpw_real_munmap(res, (size_t)(base - res));
+    if (res + span + pl.align > base + span)
+        hpw_real_munmap(base + span, (size_t)(res + span + pl.align - (base + span)));
+    if ((pl.big && map_segment(base, pl.big, HPW_1G, name) != 0) ||
+        (pl.small && map_segment(base + pl.big, pl.small, HPW_2M, name) != 0)) {
         /* The pool is charged at mmap time: a race with another process lands here. */
-        hpw_log(HPW_LOG_QUIET, "%s: huge page pool short: need %zu x %s pages, %ld free (%s); "
-                "%s", path, npages, page_name(page), hpw_pool_available(page),
-                strerror(errno), hpw_cfg.strict ? "not falling back"
-                : "falling back to the regular file mapping");
-        close(memfd);
+        hpw_log(HPW_LOG_QUIET, "%s: huge page pool short (%s); %s", path, strerror(errno),
+                hpw_cfg.strict ? "not falling back" : "falling back to the regular file mapping");
+        hpw_real_munmap(base, span);
         return give_up(path, taken);
     }
 
-    size_t bytes = 0;
-    if (st.st_size > offset) {
-        bytes = (size_t)(st.st_size - offset);
-        if (bytes > visible)
-            bytes = visible;
-    }
     double t0 = now();
     const char *what = NULL;
     unsigned threads = hpw_cfg.threads;
     int direct = (fl & O_DIRECT) != 0;
-    if (fill_from(fd, direct, offset, bytes, base, &threads, &what) != 0) {
+    if (fill_from(fd, direct, offset, pl.bytes, base, &threads, &what) != 0) {
         hpw_log(HPW_LOG_QUIET, "%s: %s failed while copying into huge pages (%s); %s", path,
                 what ? what : "read", strerror(errno), hpw_cfg.strict ? "not falling back"
                 : "falling back to the regular file mapping");
-        hpw_real_munmap(base, total);
-        close(memfd);
+        hpw_real_munmap(base, span);
         return give_up(path, taken);
     }
-    /* Fault in the pages past the data (end of file) too: the whole mapping is
-     * then backed by huge pages from the start, as smaps shows. */
-    for (size_t pos = (bytes + page - 1) / page * page; pos < total; pos += page)
+    /* Fault in the pages past the data too: the whole copy is then backed by
+     * huge pages from the start, as smaps shows. */
+    for (size_t pos = (pl.bytes + HPW_2M - 1) / HPW_2M * HPW_2M; pos < huge_len; pos += HPW_2M)
         *(volatile char *)(base + pos) = 0;
     double secs = now() - t0;
-    if (prot != (PROT_READ | PROT_WRITE))
-        hpw_real_mprotect(base, total, prot);
-    if (hpw_registry_add(base, visible, total, page, memfd, prot) != 0) {
+    hpw_real_mprotect(base, huge_len, prot);
+
+    struct hpw_file file = {
+        .path = path, .dev = st.st_dev, .ino = st.st_ino, .offset = offset,
+        .flags = flags & (MAP_TYPE | ALLOWED_FLAGS), .maywrite = (flags & MAP_TYPE) == MAP_PRIVATE,
+        .noexec = noexec,
+    };
+    size_t vis_big = pl.data_len < pl.big ? pl.data_len : pl.big;
+    int regs = 0;
+    if (pl.big && hpw_registry_add(HPW_REGION_FILE, base, pl.big, HPW_1G, vis_big, prot,
+                                   &file) == 0)
+        regs |= 1;
+    file.offset += (off_t)pl.big;
+    if (pl.small && hpw_registry_add(HPW_REGION_FILE, base + pl.big, pl.small, HPW_2M,
+                                     pl.data_len - vis_big, prot, &file) == 0)
+        regs |= 2;
+    if (regs != ((pl.big ? 1 : 0) | (pl.small ? 2 : 0))) {
         hpw_log(HPW_LOG_QUIET, "%s: too many mappings served from huge pages at once; %s",
                 path, hpw_cfg.strict ? "not falling back"
                 : "falling back to the regular file mapping");
-        hpw_real_munmap(base, total);
-        close(memfd);
+        if (regs & 1)
+            hpw_registry_remove(HPW_REGION_FILE, base);
+        if (regs & 2)
+            hpw_registry_remove(HPW_REGION_FILE, base + pl.big);
+        hpw_real_munmap(base, span);
         return give_up(path, taken);
     }
-    double gib = (double)bytes / (double)HPW_1G;
-    hpw_log(HPW_LOG_INFO, "%s: loaded %.2f GiB into %zu x %s huge pages in %.2f s "
-            "(%.1f GiB/s, %u threads)", path, gib, npages, page_name(page), secs,
-            secs > 0 ? gib / secs : 0.0, threads);
+    /* Past the end of the data: nothing the program mapped stays in huge
+     * pages (the last one goes to 4 KiB pages), and the part past the end of
+     * file is the file itself, which faults SIGBUS there as the kernel does. */
+    size_t last = pl.small ? HPW_2M : HPW_1G;
+    if (huge_len > pl.data_len && (last == HPW_2M || pl.visible > pl.data_len)) {
+        int handled;
+        hpw_registry_apply(HPW_OP_UNMAP, base + pl.data_len, huge_len - pl.data_len, 0,
+                           munmap_arg, &handled);
+    }
+    if (pl.visible > pl.data_len)
+        hpw_real_mmap(base + pl.data_len, pl.visible - pl.data_len, prot, flags | MAP_FIXED,
+                      fd, offset + (off_t)pl.data_len);
+    double gib = (double)pl.bytes / (double)HPW_1G;
+    hpw_log(HPW_LOG_INFO, "%s: loaded %.2f GiB into %zu x 1 GiB and %zu x 2 MiB huge pages "
+            "in %.2f s (%.1f GiB/s, %u threads)", path, gib, pl.big / HPW_1G,
+            pl.small / HPW_2M, secs, secs > 0 ? gib / secs : 0.0, threads);
     *taken = 1;
     return base;
 }

@@ -42,6 +42,7 @@ int hpw_real_munmap(void *addr, size_t len);
 int hpw_real_mprotect(void *addr, size_t len, int prot);
 int hpw_real_madvise(void *addr, size_t len, int advice);
 int hpw_real_posix_madvise(void *addr, size_t len, int advice);
+void *hpw_real_mremap(void *old, size_t old_size, size_t new_size, int flags, void *new_addr);
 void hpw_resolve_real(void);
 /* The malloc family next in the lookup order (glibc's, or jemalloc's where a
  * program links it), resolved with the rest. */
@@ -89,18 +90,37 @@ int hpw_fill(int fd, int direct, off_t offset, size_t bytes, char *dst,
              unsigned threads, const char **what);
 unsigned hpw_default_threads(size_t bytes);
 
-/* registry.c: the mappings taken over, and operations on address ranges. */
-struct hpw_mapping;
-int hpw_registry_add(char *base, size_t visible_len, size_t total_len,
-                     size_t page_size, int memfd, int prot);
+/* registry.c: the memory served from huge pages (file copies and large
+ * allocations), and what range operations on it do. */
+enum { HPW_REGION_FILE = 1, HPW_REGION_ALLOC = 2 };
+struct hpw_file {            /* where a file copy came from */
+    const char *path;        /* to map the file itself when mremap grows the copy */
+    dev_t dev;
+    ino_t ino;
+    off_t offset;            /* of the region's first byte */
+    int flags;               /* the program's mmap flags */
+    int maywrite;            /* PROT_WRITE may be added (a private mapping) */
+    int noexec;              /* the file system is mounted noexec */
+};
+void hpw_registry_init(void);
+int hpw_registry_add(int kind, char *base, size_t len, size_t page, size_t visible,
+                     int prot, const struct hpw_file *file);
+void hpw_registry_remove(int kind, const char *base);
+void hpw_registry_shrink(const char *base, size_t len);
 int hpw_registry_empty(void);
-/* Apply an operation to [addr, addr+len): the parts inside taken-over mappings are
- * handled by the registry; gaps go to `outside` (the real libc call). */
+/* Apply an operation to [addr, addr+len): huge pages it cuts in two become
+ * 4 KiB pages first; memory the registry does not hold goes to `outside`
+ * (the real libc call). *handled is 0 when the registry holds none of it. */
 enum hpw_op { HPW_OP_UNMAP, HPW_OP_PROTECT, HPW_OP_ADVISE };
 int hpw_registry_apply(enum hpw_op op, char *addr, size_t len, int arg,
                        int (*outside)(void *, size_t, int), int *handled);
+/* Before a MAP_FIXED mapping on [addr, addr+len): 0, or -1 (no memory). */
+int hpw_registry_prepare_fixed(char *addr, size_t len);
+void *hpw_registry_mremap(char *old, size_t old_size, size_t new_size, int flags,
+                          char *new_addr, int *handled);
 
 /* takeover.c: decide whether to serve an mmap from huge pages and do it. */
+int hpw_takeover_eligible(size_t length, int prot, int flags, int fd, off_t offset);
 void *hpw_try_takeover(size_t length, int prot, int flags, int fd, off_t offset,
                        int *taken);
 
