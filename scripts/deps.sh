@@ -25,6 +25,7 @@ PIP_PACKAGES=(
     "mypy>=1.10"
     "gguf>=0.10"
     "prometheus_client>=0.17"
+    "hypothesis>=6.80"
 )
 
 need_apt=()

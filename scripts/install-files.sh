@@ -28,6 +28,12 @@ install -D -m 0644 wrapper_c/build/libhugepage-wrapper.so \
     "$DESTDIR/usr/lib/hugepage-agent/libhugepage-wrapper.so"
 install -m 0644 systemd/hugepage-agent.service systemd/llama-server@.service "$UNITDIR/"
 install -m 0644 systemd/net.hugepageagent.Agent1.conf "$DESTDIR/usr/share/dbus-1/system.d/"
+install -D -m 0644 systemd/hugepage-agent.sysusers "$DESTDIR/usr/lib/sysusers.d/hugepage-agent.conf"
+# The servers' user; the packages create it in their scripts instead (SYSUSERS=0).
+if [[ "${SYSUSERS:-1}" == 1 ]] && command -v systemd-sysusers >/dev/null; then
+    systemd-sysusers --root="$DESTDIR" "$DESTDIR/usr/lib/sysusers.d/hugepage-agent.conf"
+fi
 install -m 0644 README.md config/example.toml "$DESTDIR/usr/share/doc/hugepage-agent/"
+# The configuration may hold secrets (a model's --api-key): root only.
 [[ -e "$DESTDIR/etc/hugepage-agent/config.toml" ]] || \
-    install -m 0644 config/default.toml "$DESTDIR/etc/hugepage-agent/config.toml"
+    install -m 0600 config/default.toml "$DESTDIR/etc/hugepage-agent/config.toml"

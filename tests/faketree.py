@@ -65,5 +65,6 @@ def snapshot(root: Path) -> dict[str, str]:
         for name in filenames + dirnames:
             p = Path(dirpath) / name
             rel = str(p.relative_to(root))
-            out[rel] = p.read_text() if p.is_file() else "<dir>"
+            out[rel] = (p.read_bytes().decode("utf-8", "surrogateescape") if p.is_file()
+                        else "<dir>")
     return out

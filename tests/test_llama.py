@@ -217,7 +217,10 @@ def test_operator_load_mode_is_kept_and_its_dead_copy_reported(
         srv.wait_ready()
         held = memfd_hugetlb_bytes(Path(f"/proc/{srv.pid}/smaps"), q4_model)
         rc, data = status(cfg)
-    assert held >= 0.99 * q4_model.stat().st_size
+    # Whole huge pages of the file, less the first and last: llama.cpp unmaps the
+    # parts before the first tensor and after the last, and the huge pages those
+    # cut in two go to 4 KiB pages (docs/wrapper-semantics.md).
+    assert held >= (q4_model.stat().st_size // (2 * MIB) - 2) * 2 * MIB
     m = data["models"][0]
     assert m["load_mode"] == {"mode": "mmap", "chosen_by": "operator",
                               "note": m["load_mode"]["note"]}

@@ -12,9 +12,19 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from hugepage_agent import __version__, config, execwrap, metrics, release, status, unitfiles
+from hugepage_agent import (
+    __version__,
+    config,
+    execwrap,
+    metrics,
+    models,
+    release,
+    serveruser,
+    status,
+    unitfiles,
+)
 from hugepage_agent import apply as apply_mod
-from hugepage_agent.errors import AgentError, ConfigError, PermissionDenied
+from hugepage_agent.errors import AgentError, ConfigError, PermissionDenied, printable
 from hugepage_agent.host import Host
 from hugepage_agent.systemd import Systemd, bus_available
 
@@ -130,6 +140,11 @@ def _cmd_apply(args: argparse.Namespace, host: Host) -> int:
         _require_root(host, "apply")
     report = apply_mod.apply(host, cfg, dry_run=args.dry_run)
     print(apply_mod.render(report))
+    for name, why in models.unreadable_models(host, cfg).items():
+        print(f"warning: model {name}: its server (user {serveruser.SERVER_USER}) cannot "
+              f"read the model: {why}; the agent will not start its unit")
+    for warning in models.exposed_secrets(host, cfg):
+        print(f"warning: {warning}")
     return EXIT_OK if report.met else EXIT_DEGRADED
 
 
@@ -203,7 +218,7 @@ def _cmd_reload(args: argparse.Namespace, host: Host) -> int:
 
 
 def _cmd_release(args: argparse.Namespace, host: Host) -> int:
-    cfg = config.load(host, args.config)
+    cfg = config.load(host, args.config, models_present=False)
     _require_root(host, "release")
     print(release.release(host, cfg))
     return EXIT_OK
@@ -245,5 +260,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def die(message: str) -> int:
     """The one exit path for expected failures: one line on stderr, exit 2."""
-    print(f"hugepage-agent: error: {message}", file=sys.stderr)
+    print(f"hugepage-agent: error: {printable(message)}", file=sys.stderr)
     return EXIT_ERROR

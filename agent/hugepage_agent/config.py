@@ -228,8 +228,9 @@ def _field(file: str, key: str, fn: Any, value: object) -> Any:
         raise ConfigError(file, key, str(e)) from e
 
 
-def load(host: Host, explicit: str | None = None) -> Config:
-    """Read, merge and validate the configuration. Raises ConfigError."""
+def load(host: Host, explicit: str | None = None, models_present: bool = True) -> Config:
+    """Read, merge and validate the configuration. Raises ConfigError. With
+    models_present=False (release), a model file that is gone is no error."""
     merged: dict[str, dict[str, Any]] = {}
     origins: dict[str, str] = {}
     models: dict[str, tuple[str, int, dict[str, Any]]] = {}
@@ -246,12 +247,12 @@ def load(host: Host, explicit: str | None = None) -> Config:
             for key, value in body.items():
                 merged.setdefault(section, {})[key] = value
                 origins[f"{section}.{key}"] = file
-    return _build(merged, origins, models, tuple(f for f, _ in files))
+    return _build(merged, origins, models, tuple(f for f, _ in files), models_present)
 
 
 def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
            models: Mapping[str, tuple[str, int, dict[str, Any]]],
-           files: tuple[str, ...]) -> Config:
+           files: tuple[str, ...], models_present: bool = True) -> Config:
     def src(key: str) -> str:
         return origins.get(key, "<defaults>")
 
@@ -337,7 +338,7 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
                               strict=w.get("strict", False), log=wlog, threads=threads),
         server=ServerConfig(binary=binary, load_mode=load_mode),
         metrics=MetricsConfig(textfile_dir=textfile_dir, interval=interval),
-        models=tuple(_model(f, i, m) for f, i, m in models.values()),
+        models=tuple(_model(f, i, m, models_present) for f, i, m in models.values()),
         origins=tuple(sorted(origins.items())),
     )
 
@@ -358,7 +359,8 @@ def _nodes(file: str, nodes: Mapping[str, Any]) -> tuple[tuple[int, float], ...]
     return tuple(sorted(out))
 
 
-def _model(file: str, index: int, m: Mapping[str, Any]) -> ModelConfig:
+def _model(file: str, index: int, m: Mapping[str, Any],
+           present: bool = True) -> ModelConfig:
     where = f"model[{index}]"
     name = m["name"]
     if not MODEL_NAME_RE.fullmatch(name):
@@ -370,13 +372,16 @@ def _model(file: str, index: int, m: Mapping[str, Any]) -> ModelConfig:
         raise ConfigError(file, f"{where}.path", f"'{path}' is not an absolute path")
     if "\0" in path:
         raise ConfigError(file, f"{where}.path", "contains a NUL character")
+    size = 0
     try:
         st = Path(path).stat()
+        size = st.st_size
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(file, f"{where}.path", f"'{path}' is not a regular file")
     except OSError as e:
-        raise ConfigError(file, f"{where}.path", f"model file '{path}' cannot be used: "
-                          f"{e.strerror or e}") from e
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(file, f"{where}.path", f"'{path}' is not a regular file")
+        if present:
+            raise ConfigError(file, f"{where}.path", f"model file '{path}' cannot be used: "
+                              f"{e.strerror or e}") from e
     args = m.get("args", [])
     for j, a in enumerate(args):
         if not isinstance(a, str):
@@ -390,5 +395,5 @@ def _model(file: str, index: int, m: Mapping[str, Any]) -> ModelConfig:
         raise ConfigError(file, f"{where}.unit", f"{unit!r} must not be managed: the agent "
                           "would preload its library into it (the agent's own, systemd's, "
                           "D-Bus's and users' units are refused)")
-    return ModelConfig(name=name, path=path, size=st.st_size, args=tuple(args), unit=unit,
+    return ModelConfig(name=name, path=path, size=size, args=tuple(args), unit=unit,
                        autostart=m.get("autostart", True))

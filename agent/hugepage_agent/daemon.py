@@ -3,17 +3,27 @@
 One GLib main loop: the agent's D-Bus service, the kernel's memory events
 (pyudev), SIGHUP (reload) and SIGTERM (exit), and a debounce timer. The
 logic is the plain Agent object; D-Bus and udev are adapters around it.
+
+Long work (a reload, which may compact and retry for reserve.timeout and stop
+units; a re-check after a memory event) runs on one worker thread, one job at
+a time, so that the loop keeps answering Status() and signals. While it
+reserves, the daemon tells systemd to extend its timeout (EXTEND_TIMEOUT_USEC).
+SIGHUP and D-Bus Reload() are one path: RELOADING=1, the reload, READY=1.
 Stopping never releases the pool or changes THP: releasing is an explicit
 `hugepage-agent release`."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import signal
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from hugepage_agent import apply, config, metrics, models, status, unitfiles
+from hugepage_agent import apply, config, metrics, models, serveruser, status, unitfiles
 from hugepage_agent.config import Config
 from hugepage_agent.errors import AgentError
 from hugepage_agent.execwrap import find_library
@@ -25,6 +35,65 @@ log = logging.getLogger(__name__)
 
 RECHECK_DELAY_MS = 500
 STOP_WAIT = 30.0  # seconds a removed model may take to exit
+EXTEND_EVERY = 10.0  # seconds between EXTEND_TIMEOUT_USEC messages
+EXTEND_BY_USEC = 60_000_000  # each asks for one more minute
+STATUS_MAX_AGE = 2.0  # seconds a Status() answer is reused: callers cannot load the loop
+
+
+@contextlib.contextmanager
+def extending_timeout(send: Callable[[str], object] = notify) -> Iterator[None]:
+    """While the body runs (reserving may take up to reserve.timeout, longer
+    than TimeoutStartSec), keep asking systemd for more time."""
+    stop = threading.Event()
+
+    def tick() -> None:
+        while True:
+            send(f"EXTEND_TIMEOUT_USEC={EXTEND_BY_USEC}")
+            if stop.wait(EXTEND_EVERY):
+                return
+
+    t = threading.Thread(target=tick, name="extend-timeout", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+
+
+class Job:
+    """One piece of long work for the worker thread, and its outcome."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except Exception as e:  # never lose the worker: log and report
+            log.exception("internal error in %s", getattr(self.fn, "__name__", "a job"))
+            self.result = (False, f"internal error: {e}")
+        finally:
+            self.done.set()
+
+
+class Worker:
+    """One thread that runs the long jobs, in order."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.Queue[Job] = queue.Queue()
+        threading.Thread(target=self._loop, name="worker", daemon=True).start()
+
+    def submit(self, fn: Callable[[], Any]) -> Job:
+        job = Job(fn)
+        self.jobs.put(job)
+        return job
+
+    def _loop(self) -> None:
+        while True:
+            self.jobs.get().run()
 
 
 class Agent:
@@ -37,19 +106,49 @@ class Agent:
         self.cfg: Config | None = None
         self.last: apply.ApplyReport | None = None
         self._metrics_warned: set[str] = set()
+        self._status: tuple[float, tuple[tuple[str, str, int], ...], dict[str, Any]] | None = None
+        self._status_lock = threading.Lock()
 
     # -- the work -----------------------------------------------------------
     def start(self) -> apply.ApplyReport:
         """Load, apply, write model files, reload systemd, start autostart models."""
         self.cfg = config.load(self.host, self.config_path)
+        for warning in models.exposed_secrets(self.host, self.cfg):
+            log.warning("%s", warning)
         report = self._apply_and_sync(self.cfg, previous=None)
-        for m in self.cfg.models:
-            if m.autostart:
-                self._start(unitfiles.unit_for(m))
+        self._start_models(self.cfg, set())
         return report
 
+    def _start_models(self, cfg: Config, already: set[str]) -> None:
+        """Start the autostart models not in `already`; one whose file the
+        servers' user cannot read is reported instead of started."""
+        unreadable = models.unreadable_models(self.host, cfg)
+        for m in cfg.models:
+            unit = unitfiles.unit_for(m)
+            if not m.autostart or unit in already:
+                continue
+            if m.name in unreadable:
+                log.error("model %s: not starting %s: %s. The server runs as %s: make the "
+                          "file readable by it (chmod o+r, or chgrp %s and chmod g+r), then "
+                          "systemctl start %s", m.name, unit, unreadable[m.name],
+                          serveruser.SERVER_USER, serveruser.SERVER_USER, unit)
+                continue
+            self._start(unit)
+
     def reload(self) -> tuple[bool, str]:
-        """Re-read the configuration; an invalid one is logged and the old one kept."""
+        """Re-read the configuration; an invalid one is logged and the old one
+        kept. SIGHUP and D-Bus Reload() both come here: systemd sees
+        RELOADING=1, then READY=1 with the outcome, either way."""
+        notify("RELOADING=1")
+        ok, msg = False, "internal error"
+        try:
+            with extending_timeout():
+                ok, msg = self._reload()
+        finally:
+            notify(f"READY=1\nSTATUS={msg if ok else 'reload failed, old config kept: ' + msg}")
+        return ok, msg
+
+    def _reload(self) -> tuple[bool, str]:
         try:
             new = config.load(self.host, self.config_path)
             old = self.cfg
@@ -58,11 +157,7 @@ class Agent:
             log.error("reload: %s; keeping the previous configuration", e)
             return False, str(e)
         self.cfg = new
-        old_units = {unitfiles.unit_for(m) for m in old.models} if old else set()
-        for m in new.models:
-            unit = unitfiles.unit_for(m)
-            if m.autostart and unit not in old_units:
-                self._start(unit)
+        self._start_models(new, {unitfiles.unit_for(m) for m in old.models} if old else set())
         msg = self.summary(report)
         log.info("reloaded: %s", msg)
         self.on_change("config")
@@ -138,23 +233,66 @@ class Agent:
                 f"measures: {r.measures_text()})")
 
     def status(self) -> dict[str, Any]:
-        return status.collect(self.host, self.cfg, systemd=self.systemd)
+        """The status, collected afresh at most once per STATUS_MAX_AGE seconds
+        while the model units stay as they were (it reads every process's
+        maps, and anyone may ask for it); at once when a unit changed."""
+        key = self._units_key()
+        with self._status_lock:
+            now = time.monotonic()
+            if (self._status is None or now - self._status[0] > STATUS_MAX_AGE
+                    or self._status[1] != key):
+                self._status = (now, key, status.collect(self.host, self.cfg,
+                                                         systemd=self.systemd))
+            return self._status[2]
+
+    def _units_key(self) -> tuple[tuple[str, str, int], ...]:
+        """What the model units are doing: a few cheap D-Bus property reads."""
+        if self.systemd is None or self.cfg is None:
+            return ()
+        out = []
+        for m in self.cfg.models:
+            unit = unitfiles.unit_for(m)
+            try:
+                st = self.systemd.state(unit)
+                out.append((unit, st.active_state, st.main_pid))
+            except SystemdError:
+                out.append((unit, "?", 0))
+        return tuple(out)
+
+    def forget_status(self) -> None:
+        with self._status_lock:
+            self._status = None
 
     def write_metrics(self) -> None:
-        """Refresh the node_exporter textfile, if one is configured and its directory exists."""
+        """Refresh the node_exporter textfile, if one is configured, its directory
+        exists and is safe to write as root."""
         directory = self.cfg.metrics.textfile_dir if self.cfg else ""
         if not directory:
             return
         if not self.host.path(directory).is_dir():
-            if directory not in self._metrics_warned:
-                self._metrics_warned.add(directory)
-                log.info("metrics: %s does not exist; not writing metrics (install "
-                         "prometheus-node-exporter, or set [metrics] textfile_dir)", directory)
+            self._warn_once(directory, logging.INFO, "metrics: %s does not exist; not writing "
+                            "metrics (install prometheus-node-exporter, or set [metrics] "
+                            "textfile_dir)", directory)
+            return
+        why = self.host.untrusted(directory)
+        if why is not None:
+            self._warn_once(directory, logging.ERROR, "metrics: not writing into %s: %s. Root "
+                            "writes there only where no other user can swap a path; use a "
+                            "directory owned by root and writable only by root, and point "
+                            "node_exporter's --collector.textfile.directory at it", directory,
+                            why)
             return
         try:
             metrics.write(self.host, directory, self.status())
         except AgentError as e:
-            log.error("metrics: %s", e)
+            hint = (" (the service's sandbox lets it write there from its next start: "
+                    "systemctl restart hugepage-agent)" if "Read-only" in str(e) else "")
+            self._warn_once(directory + "!", logging.ERROR, "metrics: %s%s", e, hint)
+
+    def _warn_once(self, key: str, level: int, msg: str, *args: object) -> None:
+        if key not in self._metrics_warned:
+            self._metrics_warned.add(key)
+            log.log(level, msg, *args)
 
 
 def run(host: Host, config_path: str | None) -> int:
@@ -166,16 +304,31 @@ def run(host: Host, config_path: str | None) -> int:
     bus = system_bus()
     published: list[Any] = []
 
-    def changed(what: str) -> None:
+    def changed_in_loop(what: str) -> bool:
+        agent.forget_status()
         agent.write_metrics()
         if published:
             published[0].Changed(what)
+        return False
+
+    def changed(what: str) -> None:  # from the worker: the loop does the rest
+        GLib.idle_add(changed_in_loop, what)
 
     agent = Agent(host, config_path, Systemd(bus), changed)
-    report = agent.start()
-    published.append(dbus_service.publish(bus, agent))
-
+    with extending_timeout():
+        report = agent.start()
+    worker = Worker()
     loop = GLib.MainLoop()
+
+    def run_in_worker(fn: Callable[[], Any]) -> Any:
+        """Runs fn on the worker; the loop keeps serving D-Bus and signals."""
+        job = worker.submit(fn)
+        context = GLib.MainContext.default()
+        while not job.done.is_set():
+            context.iteration(False) or job.done.wait(0.02)
+        return job.result
+
+    published.append(dbus_service.publish(bus, agent, run_in_worker))
     pending: list[int] = []
 
     def on_memory_event(action: str, path: str) -> None:
@@ -184,7 +337,7 @@ def run(host: Host, config_path: str | None) -> int:
 
         def fire() -> bool:
             pending.clear()
-            agent.recheck(f"memory event ({action} {path})")
+            worker.submit(lambda: agent.recheck(f"memory event ({action} {path})"))
             return False
 
         pending.append(GLib.timeout_add(RECHECK_DELAY_MS, fire))
@@ -197,9 +350,10 @@ def run(host: Host, config_path: str | None) -> int:
         log.warning("not watching kernel memory events: %s", e)
 
     def on_hup() -> bool:
-        notify("RELOADING=1")
-        ok, msg = agent.reload()
-        notify(f"READY=1\nSTATUS={msg if ok else 'reload failed, old config kept: ' + msg}")
+        try:
+            worker.submit(agent.reload)  # the same path as D-Bus Reload()
+        except Exception:  # the handler must survive: a lost SIGHUP must not kill us
+            log.exception("SIGHUP: reload could not be started")
         return True
 
     def on_term() -> bool:
@@ -211,8 +365,12 @@ def run(host: Host, config_path: str | None) -> int:
     GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGHUP, on_hup)
     GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGTERM, on_term)
     GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGINT, on_term)
+
     def on_timer() -> bool:
-        agent.write_metrics()
+        try:
+            agent.write_metrics()
+        except Exception:
+            log.exception("metrics: internal error")
         return True
 
     agent.write_metrics()

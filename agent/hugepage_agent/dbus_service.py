@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 try:
@@ -16,7 +17,10 @@ except ImportError:  # status falls back to reading the host directly
 BUS_NAME = "net.hugepageagent.Agent1"
 OBJECT_PATH = "/net/hugepageagent/Agent1"
 INTERFACE = BUS_NAME
-RELOAD_TIMEOUT = 600  # seconds: a reload may compact and retry for reserve.timeout
+# Seconds the CLI waits for Reload(): reserve.timeout is at most 3600 s, and
+# stopping removed models takes a little more; the daemon extends systemd's
+# timeout (TimeoutStartSec, which covers ExecReload too) meanwhile.
+RELOAD_TIMEOUT = 3600 + 300
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +58,31 @@ class Agent1:
 
     Changed = _signal() if _signal is not None else None
 
-    def __init__(self, agent: AgentLike, bus: Any) -> None:
+    def __init__(self, agent: AgentLike, bus: Any,
+                 run: Callable[[Callable[[], Any]], Any] = lambda fn: fn()) -> None:
         self._agent = agent
         self._bus = bus
+        self._run = run  # where long work goes (the daemon's worker thread)
 
     def Status(self) -> str:
         return json.dumps(self._agent.status())
 
     def Reload(self, dbus_context: Any = None) -> tuple[bool, str]:
-        if dbus_context is not None:
-            uid = self._bus.dbus.GetConnectionUnixUser(dbus_context.sender)
-            if uid != 0:
-                log.warning("refused Reload() from uid %d: only root may change the agent", uid)
-                raise AccessDenied("only root may reload hugepage-agent")
-        return self._agent.reload()
+        if dbus_context is None:  # no caller to check: refuse rather than trust
+            log.warning("refused Reload() without a caller identity")
+            raise AccessDenied("the caller could not be identified")
+        uid = self._bus.dbus.GetConnectionUnixUser(dbus_context.sender)
+        if uid != 0:
+            log.warning("refused Reload() from uid %d: only root may change the agent", uid)
+            raise AccessDenied("only root may reload hugepage-agent")
+        result: tuple[bool, str] = self._run(self._agent.reload)
+        return result
 
 
-def publish(bus: Any, agent: AgentLike) -> Agent1:
+def publish(bus: Any, agent: AgentLike,
+            run: Callable[[Callable[[], Any]], Any] = lambda fn: fn()) -> Agent1:
     logging.getLogger("pydbus.registration").setLevel(logging.CRITICAL)
-    obj = Agent1(agent, bus)
+    obj = Agent1(agent, bus, run)
     bus.publish(BUS_NAME, (OBJECT_PATH, obj))
     return obj
 

@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+import unicodedata
+
+
+def printable(text: str) -> str:
+    """Text for one line of a message or log: control, format and separator
+    characters (newlines, escapes, U+001E, U+2028...) written as escapes, so
+    that a hostile key or value cannot split or forge a line."""
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
 
 class AgentError(Exception):
     """An expected failure: reported as one message, never as a traceback."""
@@ -15,7 +30,7 @@ class ConfigError(AgentError):
         self.key = key
         self.message = message
         where = f"{file}: {key}" if key else file
-        super().__init__(f"{where}: {message}")
+        super().__init__(printable(f"{where}: {message}"))
 
 
 class HostError(AgentError):

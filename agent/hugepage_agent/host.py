@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import secrets
 import stat
-import tempfile
 from pathlib import Path
 
 from hugepage_agent.errors import HostError
@@ -67,30 +67,108 @@ class Host:
         except OSError as e:
             raise HostError(f"cannot write '{value}' to {path}: {e.strerror or e}") from e
 
-    def write_atomic(self, path: str, text: str, mode: int = 0o644) -> None:
-        """Replace a file atomically: temp file in the same directory, fsync, rename."""
-        target = self.path(path)
+    def _open_dir(self, path: str, create: bool) -> int:
+        """A descriptor for a directory under the root, reached one component at a
+        time without following a symbolic link (O_NOFOLLOW): whoever can write
+        some directory on the way cannot send the agent's writes elsewhere."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            for part in [p for p in path.strip("/").split("/") if p]:
+                if part == "..":
+                    raise HostError(f"{path}: '..' in a path the agent writes")
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                try:
+                    nfd = os.open(part, flags, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    nfd = os.open(part, flags, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def write_atomic(self, path: str, text: str, mode: int = 0o644,
+                     group: int | None = None) -> None:
+        """Replace a file atomically: a new temp file (O_EXCL, O_NOFOLLOW) in the
+        same directory, written, given its mode (and group) through the
+        descriptor, fsynced, renamed over the target. The directory is reached
+        without following links; the temp file is never touched by name."""
+        directory, name = os.path.split("/" + path.lstrip("/"))
+        try:
+            dfd = self._open_dir(directory, create=True)
         except OSError as e:
-            raise HostError(f"cannot write {path}: {e.strerror or e}") from e
+            raise HostError(f"cannot write {path}: {e.strerror or e} "
+                            f"(a link or a missing directory on the way?)") from e
+        tmp = None
         try:
+            for _ in range(100):
+                candidate = f".{name}.{secrets.token_hex(4)}"
+                try:
+                    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+                except FileExistsError:
+                    continue
+                tmp = candidate
+                break
+            else:
+                raise HostError(f"cannot write {path}: no free temporary name")
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
                 f.flush()
+                if group is not None:
+                    os.fchown(f.fileno(), -1, group)
                 os.fchmod(f.fileno(), mode)  # through the descriptor: never a swapped path
                 os.fsync(f.fileno())
-            os.replace(tmp, target)
-            dfd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            tmp = None
+            os.fsync(dfd)
         except OSError as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise HostError(f"cannot write {path}: {e.strerror or e}") from e
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+            os.close(dfd)
+
+    def file_mode(self, path: str) -> tuple[int, int] | None:
+        """(permission bits, group) of a file under the root, or None."""
+        try:
+            st = os.lstat(self.path(path))
+        except OSError:
+            return None
+        return stat.S_IMODE(st.st_mode), st.st_gid
+
+    def untrusted(self, path: str) -> str | None:
+        """Why a directory the agent would write into as root is not safe, or None:
+        every component from / must be a real directory (not a link), owned by
+        root and not writable by group or others."""
+        current = self.root
+        parts = [p for p in path.strip("/").split("/") if p]
+        for i in range(len(parts) + 1):
+            shown = "/" + "/".join(parts[:i])
+            if i:
+                current = current / parts[i - 1]
+            try:
+                st = os.lstat(current)
+            except FileNotFoundError:
+                return None  # not there yet: nothing to write into
+            except OSError as e:
+                return f"{shown}: {e.strerror or e}"
+            if stat.S_ISLNK(st.st_mode):
+                return f"{shown} is a symbolic link"
+            if not stat.S_ISDIR(st.st_mode):
+                return f"{shown} is not a directory"
+            if st.st_uid != 0:
+                return f"{shown} is owned by uid {st.st_uid}, not root"
+            if st.st_mode & 0o022 and not (i == 0 and not self.is_real):
+                who = {0o020: "group", 0o002: "others", 0o022: "group and others"}
+                return f"{shown} is writable by {who[st.st_mode & 0o022]}"
+        return None
 
     def remove(self, path: str) -> bool:
         try:

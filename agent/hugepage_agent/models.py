@@ -8,8 +8,8 @@ import logging
 import os
 from dataclasses import dataclass
 
-from hugepage_agent import loadmode, unitfiles
-from hugepage_agent.config import Config
+from hugepage_agent import loadmode, serveruser, unitfiles
+from hugepage_agent.config import DEFAULT_TEXTFILE_DIR, Config
 from hugepage_agent.errors import ConfigError
 from hugepage_agent.execwrap import wrapper_env
 from hugepage_agent.host import Host
@@ -27,8 +27,22 @@ class ModelFiles:
         return bool(self.written or self.removed)
 
 
+AGENT_DROPIN = f"{unitfiles.UNIT_DIR}/{unitfiles.AGENT_UNIT}.d/{unitfiles.DROPIN_NAME}"
+
+
+def render_agent_dropin(cfg: Config) -> str | None:
+    """The agent's own drop-in: its sandbox lets it write a configured metrics
+    directory (the unit itself names only the default one)."""
+    directory = cfg.metrics.textfile_dir
+    if not directory or directory.rstrip("/") == DEFAULT_TEXTFILE_DIR:
+        return None
+    return (unitfiles.header("for metrics.textfile_dir") + "[Service]\n"
+            f"ReadWritePaths={unitfiles.quote('-' + directory)}\n")
+
+
 def render_all(cfg: Config, library: str) -> dict[str, str]:
-    """Every file the agent owns for the configured models: path -> text."""
+    """Every file the agent owns for the configured models, and its own
+    drop-in: path -> text."""
     env = wrapper_env(cfg, library)
     out: dict[str, str] = {}
     for i, m in enumerate(cfg.models):
@@ -41,6 +55,36 @@ def render_all(cfg: Config, library: str) -> dict[str, str]:
             lm = loadmode.resolve(cfg.server.load_mode, cfg.server.binary, m.args)
             out[unitfiles.model_file(m.name)] = unitfiles.render_model_file(
                 m, cfg.server.binary, lm.added)
+    try:
+        agent = render_agent_dropin(cfg)
+    except unitfiles.UnsafeValue as e:
+        raise ConfigError(cfg.origin("metrics.textfile_dir"), "metrics.textfile_dir",
+                          f"cannot be written into a unit file: {e}") from e
+    if agent is not None:
+        out[AGENT_DROPIN] = agent
+    return out
+
+
+def file_mode(host: Host, path: str) -> tuple[int, int | None]:
+    """Model files hold the server's arguments (an --api-key among them,
+    perhaps): readable by root and the servers' group only."""
+    if path.startswith(unitfiles.MODEL_DIR + "/"):
+        user = serveruser.lookup(host)
+        return (0o640, user.gid) if user is not None else (0o600, None)
+    return 0o644, None
+
+
+def unreadable_models(host: Host, cfg: Config) -> dict[str, str]:
+    """Models whose file the servers' user cannot read: name -> why."""
+    user = serveruser.lookup(host)
+    if user is None:
+        return {}
+    out = {}
+    for m in cfg.models:
+        if m.unit is None:
+            why = serveruser.cannot_read(m.path, user)
+            if why is not None:
+                out[m.name] = why
     return out
 
 
@@ -60,8 +104,11 @@ def sync(host: Host, wanted: dict[str, str]) -> ModelFiles:
     """Make the files on disk match `wanted` (from render_all)."""
     written = []
     for path, text in wanted.items():
-        if host.read_optional(path) != text:
-            host.write_atomic(path, text)
+        mode, group = file_mode(host, path)
+        have = host.file_mode(path)
+        if host.read_optional(path) != text or have is None or have[0] != mode or \
+                (group is not None and have[1] != group):
+            host.write_atomic(path, text, mode=mode, group=group)
             written.append(path)
             log.info("wrote %s", path)
     removed = []
@@ -75,3 +122,24 @@ def sync(host: Host, wanted: dict[str, str]) -> ModelFiles:
                 with contextlib.suppress(OSError):  # the operator has other drop-ins there
                     host.path(parent).rmdir()
     return ModelFiles(tuple(written), tuple(removed))
+
+
+SECRET_FLAGS = ("--api-key", "--ssl-key-file", "--hf-token", "-hft")
+
+
+def exposed_secrets(host: Host, cfg: Config) -> list[str]:
+    """Configuration files that others can read while a model's arguments hold a
+    secret: one warning each, with the fix."""
+    secret = [m.name for m in cfg.models if any(a.split("=", 1)[0] in SECRET_FLAGS
+                                                 for a in m.args)]
+    if not secret:
+        return []
+    out = []
+    for f in cfg.files:
+        have = host.file_mode(f)
+        if have is not None and have[0] & 0o004:
+            out.append(f"{f} is readable by every user and holds a secret in the arguments of "
+                       f"model {', '.join(secret)}: chmod 600 {f}, or pass the key with "
+                       "--api-key-file (a file readable only by root and "
+                       f"{serveruser.SERVER_USER})")
+    return out

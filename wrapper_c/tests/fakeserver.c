@@ -1,11 +1,13 @@
 /* A stand-in for llama-server in the systemd tests: maps the file given with
  * --model the way llama.cpp does (read-only, MAP_SHARED | MAP_POPULATE), records
- * its argv in /run/fakeserver.PID.argv (NUL-separated), and waits for SIGTERM.
+ * its argv in /tmp/fakeserver.PID.argv (NUL-separated; the unit's private /tmp),
+ * and waits for SIGTERM.
  * Fails (exit 1) when the mapping fails, as llama-server would. */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -14,7 +16,7 @@
 int main(int argc, char **argv)
 {
     char path[64];
-    snprintf(path, sizeof path, "/run/fakeserver.%ld.argv", (long)getpid());
+    snprintf(path, sizeof path, "/tmp/fakeserver.%ld.argv", (long)getpid());
     FILE *f = fopen(path, "w");
     if (f) {
         for (int i = 0; i < argc; i++)
@@ -22,9 +24,13 @@ int main(int argc, char **argv)
         fclose(f);
     }
     const char *model = NULL;
-    for (int i = 1; i + 1 < argc; i++)
+    unsigned stop_delay = 0; /* --stop-delay N: take N seconds to exit after SIGTERM */
+    for (int i = 1; i + 1 < argc; i++) {
         if (strcmp(argv[i], "--model") == 0 || strcmp(argv[i], "-m") == 0)
             model = argv[i + 1];
+        if (strcmp(argv[i], "--stop-delay") == 0)
+            stop_delay = (unsigned)atoi(argv[i + 1]);
+    }
     if (model == NULL) { fprintf(stderr, "fakeserver: no --model\n"); return 2; }
     int fd = open(model, O_RDONLY);
     struct stat st;
@@ -43,6 +49,7 @@ int main(int argc, char **argv)
     sigprocmask(SIG_BLOCK, &set, NULL);
     int sig;
     sigwait(&set, &sig);
+    sleep(stop_delay);
     munmap(m, (size_t)st.st_size);
     return 0;
 }
