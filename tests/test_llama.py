@@ -288,6 +288,10 @@ def test_model_unit_under_systemd(llama_ct: Container, llama: Path, q4_model: Pa
     pid = int(ct.prop(unit, "MainPID"))
     assert b"LD_PRELOAD=/usr/lib/hugepage-agent/libhugepage-wrapper.so" in \
         ct.proc(pid, "environ").read_bytes()
+    # unprivileged, no capabilities, sandboxed: and still everything in huge pages
+    st = dict(line.split(":", 1) for line in ct.proc(pid, "status").read_text().splitlines())
+    assert st["Uid"].split()[0] != "0" and int(st["CapEff"], 16) == 0
+    assert ct.run("id", "-un", st["Uid"].split()[0]).stdout.strip() == "hugepage-llama"
     mem = memory(ct.proc(pid, "smaps"), Path("/srv/models/small.gguf"))
     assert mem["huge"] >= 256 * MIB and mem["file_copy"] == 0
     assert mem["huge"] / (mem["huge"] + mem["small_pages"]) >= 0.99, mem

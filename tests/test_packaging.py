@@ -57,6 +57,7 @@ def test_rpm_contents(dist: Path) -> None:
               "/usr/share/dbus-1/system.d/net.hugepageagent.Agent1.conf",
               "/etc/hugepage-agent/config.toml"):
         assert f in files
+    assert "/usr/lib/sysusers.d/hugepage-agent.conf" in files
     conf = subprocess.run(["rpm", "-qpc", str(next(dist.glob("*.rpm")))], capture_output=True,
                           text=True, check=True).stdout.split()
     assert conf == ["/etc/hugepage-agent/config.toml"]
@@ -103,12 +104,21 @@ def test_install_use_and_purge_like_an_operator(clean_ct: Container) -> None:
     assert b"LD_PRELOAD=/usr/lib/hugepage-agent/libhugepage-wrapper.so" in env
     data = json.loads(ct.run("hugepage-agent", "status", "--json", check=False).stdout)
     assert [m["unit"] for m in data["models"]] == ["llama-server@m.service"]
+    # the package created the servers' user; the server runs as it
+    uid = ct.proc(pid, "status").read_text().split("Uid:")[1].split()[0]
+    assert ct.run("id", "-un", uid).stdout.strip() == "hugepage-llama"
+    assert ct.run("stat", "-c", "%a", "/etc/hugepage-agent/config.toml").stdout.strip() == "600"
+    # the units' Documentation= exists
+    assert ct.path("/usr/share/doc/hugepage-agent/README.md").is_file()
 
-    # purge removes what the package and the agent wrote; the pool stays until reboot
-    ct.systemctl("stop", "llama-server@m.service")
+    # purge stops the servers (they run the package's files), then removes what
+    # the package and the agent wrote; the pool stays until reboot
     pool_before = Path("/proc/sys/vm/nr_hugepages").read_text()
     r = ct.run("apt-get", "purge", "-y", "hugepage-agent", check=False, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert ct.prop("llama-server@m.service", "ActiveState") in ("inactive", "")
+    assert not Path(f"/proc/{ct.leader}/root/proc/{pid}").exists() or \
+        "fakeserver" not in ct.proc(pid, "cmdline").read_text(errors="replace")
     for gone in ("/usr/bin/hugepage-agent", "/usr/lib/hugepage-agent",
                  "/etc/hugepage-agent/config.toml",
                  "/lib/systemd/system/hugepage-agent.service",
