@@ -4,10 +4,12 @@ daemon's adapters refusing what they cannot check (no root needed for most)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,3 +205,40 @@ def test_extending_timeout_asks_systemd_for_time_while_working() -> None:
 def test_messages_cannot_forge_lines() -> None:
     assert printable("a\nb\x1b[31m\u2028c") == "a\\x0ab\\x1b[31m\\u2028c"
     assert printable("modèle ü 模型") == "modèle ü 模型"
+
+
+def test_swapping_the_temporary_file_for_a_link_changes_nothing_it_points_to(
+        tmp_path: Path) -> None:
+    """An attacker who can write the directory swaps every temporary file for a
+    link to a victim, as fast as it can, during 200 writes: the victim keeps
+    its mode and contents (the old code chmodded it in 51 of 200)."""
+    root = tmp_path / "root"
+    d = root / "metrics"
+    d.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_text("secret")
+    victim.chmod(0o600)
+    stop = threading.Event()
+    swaps = [0]
+
+    def attacker() -> None:
+        while not stop.is_set():
+            for name in os.listdir(d):
+                if name.startswith(".hugepage_agent.prom."):
+                    with contextlib.suppress(OSError):
+                        os.rename(d / name, d / f"stolen{swaps[0]}")
+                        os.symlink(victim, d / name)
+                        swaps[0] += 1
+
+    t = threading.Thread(target=attacker)
+    t.start()
+    host = Host(root)
+    try:
+        for i in range(200):
+            with contextlib.suppress(HostError):
+                host.write_atomic("/metrics/hugepage_agent.prom", f"value {i}\n")
+    finally:
+        stop.set()
+        t.join()
+    print(f"\n{swaps[0]} temporary files swapped for links in 200 writes")
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600 and victim.read_text() == "secret"
