@@ -70,20 +70,13 @@ def cannot_read(path: str, user: User) -> str | None:
             return (f"{real} is under {hidden.rstrip('/')}, which the server's sandbox "
                     "replaces with a private, empty one")
     parts = real.strip("/").split("/")
-    for i in range(len(parts)):
-        directory = "/" + "/".join(parts[:i])
+    steps = [("/" + "/".join(parts[:i]), 1, "searchable") for i in range(len(parts))]
+    for path_, bit, what in [*steps, (real, 4, "readable")]:
         try:
-            st = os.stat(directory)
+            st = os.stat(path_)
         except OSError as e:
-            return f"{directory}: {e.strerror or e}"
-        if not _allowed(st, user, 1) and not _has_acl(directory):
-            return (f"{directory} is not searchable by {user.name} "
-                    f"(mode {stat.filemode(st.st_mode)})")
-    try:
-        st = os.stat(real)
-    except OSError as e:
-        return f"{real}: {e.strerror or e}"
-    if not _allowed(st, user, 4) and not _has_acl(real):
-        return (f"{real} is not readable by {user.name} (mode {stat.filemode(st.st_mode)}, "
-                f"owner uid {st.st_uid}, group gid {st.st_gid})")
+            return f"{path_}: {e.strerror or e}"
+        if not _allowed(st, user, bit) and not _has_acl(path_):
+            return (f"{path_} is not {what} by {user.name} (mode {stat.filemode(st.st_mode)}, "
+                    f"owner uid {st.st_uid}, group gid {st.st_gid})")
     return None

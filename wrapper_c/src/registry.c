@@ -317,15 +317,24 @@ static int cut_at(const char *x)
     return 0;
 }
 
+/* Whether r overlaps [a, e); if so, the overlap as offsets [*s, *t) in r. */
+static int overlap(const struct region *r, const char *a, const char *e, size_t *s, size_t *t)
+{
+    if (r->kind == 0 || r->base >= e || r->base + r->len <= a)
+        return 0;
+    *s = a > r->base ? (size_t)(a - r->base) : 0;
+    *t = e < r->base + r->len ? (size_t)(e - r->base) : r->len;
+    return 1;
+}
+
 /* Demote every huge page in [a, e). */
 static int demote_all(const char *a, const char *e)
 {
     for (int i = 0; i < high; i++) {
         struct region *r = &regions[i];
-        if (r->kind == 0 || r->base >= e || r->base + r->len <= a)
+        size_t s, t;
+        if (!overlap(r, a, e, &s, &t))
             continue;
-        size_t s = a > r->base ? (size_t)(a - r->base) : 0;
-        size_t t = e < r->base + r->len ? (size_t)(e - r->base) : r->len;
         for (size_t p = s / r->page; p * r->page < t; p++)
             if (demote(r, p) != 0)
                 return -1;
@@ -338,10 +347,9 @@ static void forget(const char *a, const char *e)
 {
     for (int i = 0; i < high; i++) {
         struct region *r = &regions[i];
-        if (r->kind == 0 || r->base >= e || r->base + r->len <= a)
+        size_t s, t;
+        if (!overlap(r, a, e, &s, &t))
             continue;
-        size_t s = a > r->base ? (size_t)(a - r->base) : 0;
-        size_t t = e < r->base + r->len ? (size_t)(e - r->base) : r->len;
         clear_bits(r, s / HPW_SMALL_PAGE, (t + HPW_SMALL_PAGE - 1) / HPW_SMALL_PAGE);
         if (r->nlive == 0 && r->kind == HPW_REGION_FILE)
             drop(r); /* an allocation stays until free() */
