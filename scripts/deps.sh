@@ -18,6 +18,8 @@ APT_PACKAGES=(
     debootstrap systemd-container
     debhelper dpkg-dev fakeroot lintian rpm
     cmake curl procps util-linux
+    prometheus  # for promtool: the alerting rules' checks and unit tests
+    ansible ansible-lint  # the fleet role, its test (nsenter connection) and lint
 )
 PIP_PACKAGES=(
     "pytest>=7"
@@ -36,7 +38,17 @@ if ((${#need_apt[@]})); then
     echo "deps: installing Debian packages: ${need_apt[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
-    apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+    # Install only: no package's service is started on this machine (promtool
+    # comes with the prometheus server, which must not run here).
+    policy=/usr/sbin/policy-rc.d
+    had_policy=0
+    [[ -e $policy ]] && had_policy=1
+    ((had_policy)) || printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    rc=0
+    apt-get install -y -q --no-install-recommends "${need_apt[@]}" || rc=$?
+    ((had_policy)) || rm -f "$policy"
+    ((rc == 0)) || exit "$rc"
 fi
 
 stamp="$VENV/.hugepage-agent-deps"

@@ -34,6 +34,16 @@ if [[ "${SYSUSERS:-1}" == 1 ]] && command -v systemd-sysusers >/dev/null; then
     systemd-sysusers --root="$DESTDIR" "$DESTDIR/usr/lib/sysusers.d/hugepage-agent.conf"
 fi
 install -m 0644 README.md config/example.toml "$DESTDIR/usr/share/doc/hugepage-agent/"
+# The manual pages, generated from the parser and the README's configuration
+# reference (agent/hugepage_agent/manpages.py), and bash completion.
+PYTHONPATH=agent /usr/bin/python3 -m hugepage_agent.manpages README.md \
+    "$DESTDIR/usr/share/man" >/dev/null
+install -D -m 0644 packaging/bash-completion/hugepage-agent \
+    "$DESTDIR/usr/share/bash-completion/completions/hugepage-agent"
+# Prometheus alerting and recording rules (and their unit tests).
+install -d "$DESTDIR/usr/share/hugepage-agent/prometheus"
+install -m 0644 packaging/prometheus/hugepage-agent.rules.yml \
+    packaging/prometheus/hugepage-agent.test.yml "$DESTDIR/usr/share/hugepage-agent/prometheus/"
 # The configuration may hold secrets (a model's --api-key): root only.
 [[ -e "$DESTDIR/etc/hugepage-agent/config.toml" ]] || \
     install -m 0600 config/default.toml "$DESTDIR/etc/hugepage-agent/config.toml"

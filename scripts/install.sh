@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $EUID -ne 0 ]]; then
-    echo "install.sh: must be run as root (it installs packages and reserves huge pages)" >&2
+    echo "install.sh: must be run as root (it installs packages and reserves huge pages):" \
+         "in a root shell, ./scripts/install.sh; from a user account, sudo ./scripts/install.sh" >&2
     exit 2
 fi
 need=()

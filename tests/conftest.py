@@ -117,3 +117,14 @@ def wrapper_build() -> Path:
     subprocess.run(["make", "-s", "-C", str(WRAPPER_DIR), "WERROR=1", "all"], check=True)
     assert LIBRARY.exists() and MAPTOOL.exists()
     return LIBRARY
+
+
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The .deb and the .rpm, built once from this tree (packaging/build-*.sh)."""
+    out = tmp_path_factory.mktemp("dist")
+    for script in ("build-deb.sh", "build-rpm.sh"):
+        r = subprocess.run(["bash", str(REPO / "packaging" / script), str(out)],
+                           capture_output=True, text=True, check=False)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return out

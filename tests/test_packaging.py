@@ -21,16 +21,6 @@ VERSION = next(line.split('"')[1] for line in
                if line.startswith("__version__"))
 
 
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    for script in ("build-deb.sh", "build-rpm.sh"):
-        r = subprocess.run(["bash", str(REPO / "packaging" / script), str(out)],
-                           capture_output=True, text=True, check=False)
-        assert r.returncode == 0, r.stderr[-3000:]
-    return out
-
-
 def test_one_version_everywhere(dist: Path) -> None:
     deb = next(dist.glob("*.deb"))
     rpm = next(dist.glob("*.rpm"))
@@ -47,6 +37,19 @@ def test_deb_is_lintian_clean(dist: Path) -> None:
     assert r.returncode == 0 and not any(line.startswith("E:") for line in r.stdout.splitlines())
 
 
+def test_deb_contents(dist: Path) -> None:
+    r = subprocess.run(["dpkg-deb", "-c", str(next(dist.glob("*.deb")))], capture_output=True,
+                       text=True, check=True)
+    files = {line.split()[-1].lstrip(".") for line in r.stdout.splitlines()}
+    for f in ("/usr/share/man/man8/hugepage-agent.8.gz",
+              "/usr/share/man/man5/hugepage-agent.toml.5.gz",
+              "/usr/share/bash-completion/completions/hugepage-agent",
+              "/usr/share/hugepage-agent/prometheus/hugepage-agent.rules.yml",
+              "/usr/lib/sysusers.d/hugepage-agent.conf",
+              "/usr/share/doc/hugepage-agent/README.md"):
+        assert f in files, f
+
+
 def test_rpm_contents(dist: Path) -> None:
     r = subprocess.run(["rpm", "-qpl", str(next(dist.glob("*.rpm")))], capture_output=True,
                        text=True, check=True)
@@ -57,7 +60,12 @@ def test_rpm_contents(dist: Path) -> None:
               "/usr/share/dbus-1/system.d/net.hugepageagent.Agent1.conf",
               "/etc/hugepage-agent/config.toml"):
         assert f in files
-    assert "/usr/lib/sysusers.d/hugepage-agent.conf" in files
+    for f in ("/usr/lib/sysusers.d/hugepage-agent.conf",
+              "/usr/share/bash-completion/completions/hugepage-agent",
+              "/usr/share/hugepage-agent/prometheus/hugepage-agent.rules.yml"):
+        assert f in files, f
+    assert any(f.startswith("/usr/share/man/man8/hugepage-agent.8") for f in files)
+    assert any(f.startswith("/usr/share/man/man5/hugepage-agent.toml.5") for f in files)
     conf = subprocess.run(["rpm", "-qpc", str(next(dist.glob("*.rpm")))], capture_output=True,
                           text=True, check=True).stdout.split()
     assert conf == ["/etc/hugepage-agent/config.toml"]

@@ -25,7 +25,8 @@ def sh_blocks() -> list[str]:
 
 def test_readme_opens_with_the_two_commands() -> None:
     first = sh_blocks()[0].split("\n")
-    assert first[:2] == ["sudo ./scripts/install.sh", "sudo ./scripts/test.sh"]
+    # as written for a root shell: a minimal server or container has no sudo
+    assert first[:2] == ["./scripts/install.sh", "./scripts/test.sh"]
     text = README.read_text()
     assert text.index("```sh") < text.index("## How it works")
     ci = (REPO / ".ci/run").read_text()
@@ -59,9 +60,18 @@ def host(wrapper_build: Path) -> Iterator[Container]:
 
 
 def test_readme_commands_run_as_written(host: Container) -> None:
-    r = host.run("sh", "-c", f"cd {SRC} && sudo ./scripts/install.sh", check=False, timeout=600)
+    # the set-up command as written, in a root shell that has no sudo at all
+    sudo = host.path("/usr/local/bin/sudo")
+    sudo.rename(sudo.with_name("sudo.off"))
+    try:
+        setup = sh_blocks()[0].split("\n")[0]
+        r = host.run("sh", "-c", f"cd {SRC} && {setup}", check=False, timeout=600)
+    finally:
+        sudo.with_name("sudo.off").rename(sudo)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "POOL" in r.stdout and "THP" in r.stdout
+    # no model yet: the operator is told how to add one
+    assert "no models are configured yet" in r.stdout and "config.d/50-MODEL.toml" in r.stdout
     assert host.prop("hugepage-agent.service", "ActiveState") == "active"
     outputs = []
     for block in sh_blocks()[1:]:

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import IS_ROOT, MAPTOOL, memfd_hugetlb_bytes, read_int
+from tests.conftest import IS_ROOT, MAPTOOL, REPO, memfd_hugetlb_bytes, read_int
 from tests.container import Container, booted
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: boots systemd-nspawn")
@@ -87,9 +89,16 @@ def main_pid(ct: Container, unit: str) -> int:
 
 
 def test_units_pass_systemd_analyze_verify(ct: Container) -> None:
-    r = ct.run("systemd-analyze", "verify", "/usr/lib/systemd/system/hugepage-agent.service",
+    # --man=no: the container has no man(1); the pages' presence is checked here
+    r = ct.run("systemd-analyze", "verify", "--man=no",
+               "/usr/lib/systemd/system/hugepage-agent.service",
                "/usr/lib/systemd/system/llama-server@.service", check=False)
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+    for unit in ("hugepage-agent.service", "llama-server@.service"):
+        doc = ct.path(f"/usr/lib/systemd/system/{unit}").read_text()
+        assert "Documentation=man:hugepage-agent(8) man:hugepage-agent.toml(5)" in doc
+    assert ct.path("/usr/share/man/man8/hugepage-agent.8").is_file()
+    assert ct.path("/usr/share/man/man5/hugepage-agent.toml.5").is_file()
 
 
 def test_start_is_active_only_after_the_pool_is_reserved(ct: Container) -> None:
@@ -169,6 +178,10 @@ def test_daemon_writes_metrics_for_node_exporter(ct: Container) -> None:
     assert s[("hugepage_agent_thp_mode", (("knob", "enabled"), ("mode", "never")))] == 1
     assert s[("hugepage_agent_reserve_rounds", ())] >= 1
     assert not list(prom.parent.glob(".*")), "temporary files left behind"
+    # every agent metric the shipped Prometheus rules use is in the real file
+    rules = (REPO / "packaging/prometheus/hugepage-agent.rules.yml").read_text()
+    used = set(re.findall(r"(?<![:\w])hugepage_agent_[a-z_]+", rules))
+    assert used and used <= {name for name, _ in s}, sorted(used - {name for name, _ in s})
 
 
 def test_model_server_runs_unprivileged_and_sandboxed(ct: Container) -> None:
@@ -390,8 +403,14 @@ def test_short_pool_strict_fails_the_unit_and_fallback_is_reported(ct: Container
     ct.systemctl("reload", "hugepage-agent.service")
     ct.systemctl("start", unit)
     wait_for(lambda: main_pid(ct, unit) > 0, what="the fallback server")
-    r = ct.run("hugepage-agent", "status", "--json", check=False)
-    big = next(m for m in json.loads(r.stdout)["models"] if m["name"] == "big")
+
+    def big_status() -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+        r = ct.run("hugepage-agent", "status", "--json", check=False)
+        return r, next(m for m in json.loads(r.stdout)["models"] if m["name"] == "big")
+
+    wait_for(lambda: big_status()[1]["verdict"] != "model not mapped yet",
+             what="the server to map its model")
+    r, big = big_status()
     assert r.returncode == 1
     assert big["hugetlb_bytes"] == 0 and big["wrapper_loaded"] is True
     assert big["verdict"].startswith("fell back to the file mapping (huge page pool short: "

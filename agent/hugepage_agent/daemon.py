@@ -37,7 +37,7 @@ RECHECK_DELAY_MS = 500
 STOP_WAIT = 30.0  # seconds a removed model may take to exit
 EXTEND_EVERY = 10.0  # seconds between EXTEND_TIMEOUT_USEC messages
 EXTEND_BY_USEC = 60_000_000  # each asks for one more minute
-STATUS_MAX_AGE = 2.0  # seconds a Status() answer is reused: callers cannot load the loop
+STATUS_MAX_AGE = 0.5  # seconds a Status() answer is reused: callers cannot load the loop
 
 
 @contextlib.contextmanager

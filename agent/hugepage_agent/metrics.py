@@ -48,6 +48,13 @@ def render(data: dict[str, Any]) -> str:
                 out.metric("pool_pages", "Huge pages in the pool, by page size, node and state",
                            p[state], page_size_kb=p["page_size_kb"], node=node, state=state)
     for p in data["pools"]:
+        node = "all" if p["node"] is None else str(p["node"])
+        for state in ("total", "free"):
+            if p[state] is not None:
+                out.metric("pool_bytes", "The pool in bytes, by page size, node and state",
+                           p[state] * p["page_size_kb"] * 1024, page_size_kb=p["page_size_kb"],
+                           node=node, state=state)
+    for p in data["pools"]:
         if p["target"] is not None:
             node = "all" if p["node"] is None else str(p["node"])
             out.metric("pool_target_pages", "Configured target of the pool", p["target"],
@@ -71,6 +78,9 @@ def render(data: dict[str, Any]) -> str:
                            1 if thp[knob] == mode else 0, knob=knob, mode=mode)
     out.metric("thp_cmdline_override", "1 when the kernel command line sets THP",
                1 if thp["cmdline"] is not None else 0)
+    if thp.get("as_configured") is not None:
+        out.metric("thp_as_configured", "1 when THP is as configured (or left alone: keep)",
+                   1 if thp["as_configured"] else 0)
     for m in data["models"]:
         lab = {"model": m["name"], "unit": m["unit"]}
         out.metric("model_bytes", "Size of the model file", m["model_bytes"], **lab)
@@ -93,6 +103,9 @@ def render(data: dict[str, Any]) -> str:
         out.metric("model_unit_active", "1 when the model's unit is active",
                    1 if m["active"] else 0, **lab)
     out.metric("degraded", "1 when the host is not as configured", 1 if data["degraded"] else 0)
+    if data.get("metrics_interval") is not None:
+        out.metric("metrics_interval_seconds", "How often the daemon rewrites this file",
+                   data["metrics_interval"])
     return "\n".join(out.lines) + "\n"
 
 

@@ -149,6 +149,13 @@ def _verdict(host: Host, m: ModelConfig, cov: coverage.Coverage, entry: dict[str
     return "loaded"
 
 
+NO_MODELS_HINT = ("no models are configured yet, so the pool is empty: add one in a drop-in "
+                  "such as /etc/hugepage-agent/config.d/50-MODEL.toml ([[model]] with name, "
+                  "path and args), then `systemctl reload hugepage-agent`; see \"Serving a "
+                  "model\" in /usr/share/doc/hugepage-agent/README.md and "
+                  "hugepage-agent.toml(5)")
+
+
 def collect(host: Host, cfg: Config | None, cfg_error: str | None = None,
             systemd: Systemd | None = None) -> dict[str, Any]:
     problems: list[str] = []
@@ -187,11 +194,14 @@ def collect(host: Host, cfg: Config | None, cfg_error: str | None = None,
 
     models = [_model_entry(host, cfg, m, (systemd, fps.get(m.name)), problems)
               for m in cfg.models] if cfg else []
+    hints = [NO_MODELS_HINT] if cfg is not None and not cfg.models else []
 
     return {
         "version": SCHEMA_VERSION,
         "agent_version": __version__,
         "config": {"files": list(cfg.files) if cfg else [], "error": cfg_error},
+        "hints": hints,
+        "metrics_interval": cfg.metrics.interval if cfg and cfg.metrics.textfile_dir else None,
         "pools": pool_list,
         "thp": {
             "enabled": state.enabled,
@@ -278,4 +288,5 @@ def render(data: dict[str, Any]) -> str:
         lines.extend(f"  - {p}" for p in data["problems"])
     else:
         lines.append("OK: as configured")
+    lines.extend(f"hint: {h}" for h in data.get("hints", []))
     return "\n".join(lines)
