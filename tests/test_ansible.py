@@ -46,9 +46,10 @@ def fleet(dist: Path, wrapper_build: Path) -> Iterator[dict[str, Container]]:
     def setup(c: Container) -> None:
         models = c.path("/srv/models")
         models.mkdir(parents=True)
-        for name in ("m", "n"):
+        for name in ("m", "n", "secret"):
             subprocess.run([str(MAPTOOL), "mkfile", str(models / f"{name}.gguf"), str(4 * MIB)],
                            check=True)
+        (models / "secret.gguf").chmod(0o600)  # its server cannot read it: DEGRADED
 
     with contextlib.ExitStack() as stack:
         cts = {h: stack.enter_context(booted(f"hpa-{h}", setup, install=False,
@@ -57,8 +58,8 @@ def fleet(dist: Path, wrapper_build: Path) -> Iterator[dict[str, Container]]:
         yield cts
 
 
-def inventory(tmp: Path, fleet: dict[str, Container], models: dict[str, list[dict[str, Any]]]
-              ) -> Path:
+def inventory(tmp: Path, fleet: dict[str, Container], models: dict[str, list[dict[str, Any]]],
+              wait: int = 60) -> Path:
     lines = ["[inference]"]
     for h, c in fleet.items():
         lines.append(f"{h} ansible_connection=community.docker.nsenter "
@@ -68,7 +69,7 @@ def inventory(tmp: Path, fleet: dict[str, Container], models: dict[str, list[dic
     for h, ms in models.items():
         (tmp / "host_vars" / f"{h}.yml").write_text(json.dumps(
             {"hugepage_agent_models": ms, "hugepage_agent_settings": SETTINGS,
-             "hugepage_agent_wait_seconds": 60}))
+             "hugepage_agent_wait_seconds": wait}))
     return tmp / "inventory.ini"
 
 
@@ -135,7 +136,22 @@ def test_rollout_idempotence_stop_on_failure_and_removal(fleet: dict[str, Contai
     assert h3.path(dropin).read_text() == before["h3"]
     assert h3.prop("llama-server@n3.service", "ActiveState") == "inactive"
 
-    # 4. removing a model from host 1's variables stops its unit
+    # 4. a host that ends DEGRADED (a model its server cannot read) stops the
+    # rollout too, and runs its previous configuration again
+    degraded = dict(want, h2=[model(2), {**model(2, "s"), "path": "/srv/models/secret.gguf"}],
+                    h3=[model(3), model(3, "n")])
+    inv = inventory(tmp_path, fleet, degraded, wait=5)
+    rc, out, recap = playbook(inv, deb)
+    assert rc != 0 and recap["h2"]["failed"] == 1, out[-6000:]
+    assert "did not reach its configuration" in out
+    assert "h3" not in recap or recap["h3"]["ok"] == 0, out[-6000:]
+    assert h2.path(dropin).read_text() == before["h2"]
+    assert pid(h2, "llama-server@m2.service") == pids["h2"]
+    assert h2.prop("llama-server@s2.service", "ActiveState") == "inactive"
+    assert not h2.path("/var/lib/hugepage-agent/models/s2.json").exists()
+    assert h3.path(dropin).read_text() == before["h3"]
+
+    # 5. removing a model from host 1's variables stops its unit
     inv = inventory(tmp_path, fleet, dict(want, h1=[]))
     rc, out, recap = playbook(inv, deb)
     assert rc == 0, out[-6000:]
