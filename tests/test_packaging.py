@@ -119,6 +119,20 @@ def test_install_use_and_purge_like_an_operator(clean_ct: Container) -> None:
     # the units' Documentation= exists
     assert ct.path("/usr/share/doc/hugepage-agent/README.md").is_file()
 
+    # a configured metrics directory: the agent's sandbox lets it write there
+    # after a restart, and purge removes the file there too
+    ct.path("/srv/metrics").mkdir(mode=0o755)
+    ct.path("/etc/hugepage-agent/config.d/40-metrics.toml").write_text(
+        '[metrics]\ntextfile_dir = "/srv/metrics"\ninterval = "1s"\n')
+    ct.systemctl("reload", "hugepage-agent.service")
+    ct.systemctl("restart", "hugepage-agent.service")
+    prom = ct.path("/srv/metrics/hugepage_agent.prom")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not prom.exists():
+        time.sleep(0.2)
+    assert prom.exists(), ct.journal("hugepage-agent.service")
+    ct.path("/etc/hugepage-agent/config.d/40-metrics.toml").unlink()
+
     # purge stops the servers (they run the package's files), then removes what
     # the package and the agent wrote; the pool stays until reboot
     pool_before = Path("/proc/sys/vm/nr_hugepages").read_text()
@@ -128,6 +142,7 @@ def test_install_use_and_purge_like_an_operator(clean_ct: Container) -> None:
     assert not Path(f"/proc/{ct.leader}/root/proc/{pid}").exists() or \
         "fakeserver" not in ct.proc(pid, "cmdline").read_text(errors="replace")
     for gone in ("/usr/bin/hugepage-agent", "/usr/lib/hugepage-agent",
+                 "/srv/metrics/hugepage_agent.prom",
                  "/etc/hugepage-agent/config.toml",
                  "/lib/systemd/system/hugepage-agent.service",
                  "/etc/systemd/system/llama-server@m.service.d",
