@@ -5,9 +5,11 @@ daemon's adapters refusing what they cannot check (no root needed for most)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -242,3 +244,26 @@ def test_swapping_the_temporary_file_for_a_link_changes_nothing_it_points_to(
         t.join()
     print(f"\n{swaps[0]} temporary files swapped for links in 200 writes")
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600 and victim.read_text() == "secret"
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root: runs status as another user")
+def test_status_by_another_user_when_the_configuration_is_root_only(outside_tmp: Path) -> None:
+    """A 0600 configuration read by a user who cannot: status still reports the
+    pools and THP, and names the file it could not read, without a traceback."""
+    root = outside_tmp / "root"
+    make_tree(root)
+    cfg = root / "etc/hugepage-agent/config.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text("[pool]\nsize = 4\n")
+    cfg.chmod(0o600)
+    for dirpath, _, _ in os.walk(root):
+        os.chmod(dirpath, 0o755)
+    r = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+         "-m", "hugepage_agent", "status", "--json", "--root", str(root)],
+        capture_output=True, text=True, check=False,
+        env={"PYTHONPATH": str(REPO / "agent"), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    data = json.loads(r.stdout)
+    assert "config.toml" in data["config"]["error"] and "root only" in data["config"]["error"]
+    assert data["pools"] and data["thp"]["enabled"]

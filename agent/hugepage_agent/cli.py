@@ -24,7 +24,13 @@ from hugepage_agent import (
     unitfiles,
 )
 from hugepage_agent import apply as apply_mod
-from hugepage_agent.errors import AgentError, ConfigError, PermissionDenied, printable
+from hugepage_agent.errors import (
+    AgentError,
+    ConfigError,
+    HostError,
+    PermissionDenied,
+    printable,
+)
 from hugepage_agent.host import Host
 from hugepage_agent.systemd import Systemd, bus_available
 
@@ -171,8 +177,12 @@ def _collect_status(args: argparse.Namespace, host: Host) -> dict[str, Any]:
     cfg_error = None
     try:
         cfg = config.load(host, args.config)
-    except ConfigError as e:
+    except (ConfigError, HostError) as e:
         cfg_error = str(e)
+        if "Permission denied" in cfg_error:  # a 0600 configuration, read by another user
+            cfg_error += (" (the configuration may hold secrets and is readable by root only: "
+                          "run status as root, or with the daemon running, which answers "
+                          "anyone)")
     return status.collect(host, cfg, cfg_error, systemd=_local_systemd(host))
 
 
