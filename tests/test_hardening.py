@@ -126,11 +126,13 @@ def test_server_user_and_what_it_can_read(tmp_path: Path, outside_tmp: Path) -> 
 def test_model_files_are_readable_by_root_and_the_servers_group_only(tmp_path: Path) -> None:
     passwd(tmp_path)
     host = Host(tmp_path)
-    assert models.file_mode(host, "/var/lib/hugepage-agent/models/m.json") == (0o640, 997)
-    assert models.file_mode(host, "/etc/systemd/system/x.service.d/50-hugepage-agent.conf") \
+    user = serveruser.lookup(host)
+    assert models.file_mode("/var/lib/hugepage-agent/models/m.json", user) == (0o640, 997)
+    assert models.file_mode("/etc/systemd/system/x.service.d/50-hugepage-agent.conf", user) \
         == (0o644, None)
     (tmp_path / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n")
-    assert models.file_mode(host, "/var/lib/hugepage-agent/models/m.json") == (0o600, None)
+    assert serveruser.lookup(host) is None
+    assert models.file_mode("/var/lib/hugepage-agent/models/m.json", None) == (0o600, None)
 
 
 def test_release_needs_no_model_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -267,3 +269,29 @@ def test_status_by_another_user_when_the_configuration_is_root_only(outside_tmp:
     data = json.loads(r.stdout)
     assert "config.toml" in data["config"]["error"] and "root only" in data["config"]["error"]
     assert data["pools"] and data["thp"]["enabled"]
+
+
+def test_metrics_warnings_are_once_per_reason(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A metrics directory that was missing (reported once) and then appears
+    unsafe is reported again, for the new reason."""
+    from hugepage_agent import config
+    from hugepage_agent.daemon import Agent
+
+    root = tmp_path / "root"
+    make_tree(root)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[metrics]\ntextfile_dir = "/prom"\n')
+    agent = Agent(Host(root), str(cfg), None)
+    agent.cfg = config.load(agent.host, str(cfg))
+    with caplog.at_level("INFO"):
+        agent.write_metrics()
+        agent.write_metrics()
+        (root / "prom").mkdir(mode=0o777)
+        (root / "prom").chmod(0o777)
+        agent.write_metrics()
+        agent.write_metrics()
+    text = caplog.text
+    assert text.count("/prom does not exist") == 1
+    assert text.count("not writing into /prom") == 1
+    assert not (root / "prom" / "hugepage_agent.prom").exists()

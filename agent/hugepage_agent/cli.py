@@ -179,10 +179,6 @@ def _collect_status(args: argparse.Namespace, host: Host) -> dict[str, Any]:
         cfg = config.load(host, args.config)
     except (ConfigError, HostError) as e:
         cfg_error = str(e)
-        if "Permission denied" in cfg_error:  # a 0600 configuration, read by another user
-            cfg_error += (" (the configuration may hold secrets and is readable by root only: "
-                          "run status as root, or with the daemon running, which answers "
-                          "anyone)")
     return status.collect(host, cfg, cfg_error, systemd=_local_systemd(host))
 
 

@@ -105,7 +105,7 @@ class Agent:
         self.on_change = on_change
         self.cfg: Config | None = None
         self.last: apply.ApplyReport | None = None
-        self._metrics_warned: set[str] = set()
+        self._metrics_warned: set[tuple[str, str]] = set()
         self._status: tuple[float, tuple[tuple[str, str, int], ...], dict[str, Any]] | None = None
         self._status_lock = threading.Lock()
 
@@ -270,13 +270,15 @@ class Agent:
         if not directory:
             return
         if not self.host.path(directory).is_dir():
-            self._warn_once(directory, logging.INFO, "metrics: %s does not exist; not writing "
+            self._warn_once(("missing", directory), logging.INFO, "metrics: %s does not exist; "
+                            "not writing "
                             "metrics (install prometheus-node-exporter, or set [metrics] "
                             "textfile_dir)", directory)
             return
         why = self.host.untrusted(directory)
         if why is not None:
-            self._warn_once(directory, logging.ERROR, "metrics: not writing into %s: %s. Root "
+            self._warn_once(("untrusted", directory), logging.ERROR, "metrics: not writing into "
+                            "%s: %s. Root "
                             "writes there only where no other user can swap a path; use a "
                             "directory owned by root and writable only by root, and point "
                             "node_exporter's --collector.textfile.directory at it", directory,
@@ -287,9 +289,11 @@ class Agent:
         except AgentError as e:
             hint = (" (the service's sandbox lets it write there from its next start: "
                     "systemctl restart hugepage-agent)" if "Read-only" in str(e) else "")
-            self._warn_once(directory + "!", logging.ERROR, "metrics: %s%s", e, hint)
+            self._warn_once(("write", directory), logging.ERROR, "metrics: %s%s", e, hint)
 
-    def _warn_once(self, key: str, level: int, msg: str, *args: object) -> None:
+    def _warn_once(self, key: tuple[str, str], level: int, msg: str, *args: object) -> None:
+        """Log once per (reason, directory): a directory that was missing and is
+        then unsafe is still reported."""
         if key not in self._metrics_warned:
             self._metrics_warned.add(key)
             log.log(level, msg, *args)

@@ -186,6 +186,10 @@ class Host:
             fd = os.open(self.path(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        except PermissionError as e:  # 0600: it may hold secrets (a model's --api-key)
+            raise HostError(f"cannot read {path}: {e.strerror or e} (the configuration is "
+                            "readable by root only: run this as root; `status` asks the "
+                            "daemon, which answers anyone)") from e
         except OSError as e:
             raise HostError(f"cannot read {path}: {e.strerror or e}") from e
         try:

@@ -65,11 +65,10 @@ def render_all(cfg: Config, library: str) -> dict[str, str]:
     return out
 
 
-def file_mode(host: Host, path: str) -> tuple[int, int | None]:
+def file_mode(path: str, user: serveruser.User | None) -> tuple[int, int | None]:
     """Model files hold the server's arguments (an --api-key among them,
     perhaps): readable by root and the servers' group only."""
     if path.startswith(unitfiles.MODEL_DIR + "/"):
-        user = serveruser.lookup(host)
         return (0o640, user.gid) if user is not None else (0o600, None)
     return 0o644, None
 
@@ -103,8 +102,9 @@ def owned_files(host: Host) -> list[str]:
 def sync(host: Host, wanted: dict[str, str]) -> ModelFiles:
     """Make the files on disk match `wanted` (from render_all)."""
     written = []
+    user = serveruser.lookup(host)
     for path, text in wanted.items():
-        mode, group = file_mode(host, path)
+        mode, group = file_mode(path, user)
         have = host.file_mode(path)
         if host.read_optional(path) != text or have is None or have[0] != mode or \
                 (group is not None and have[1] != group):
