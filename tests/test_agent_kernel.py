@@ -98,10 +98,14 @@ def test_status_is_readable_without_root_and_apply_is_refused(kernel_state: None
 
 def test_short_pool_is_reported_as_degraded(kernel_state: None, tmp_path: Path) -> None:
     """More than free plus reclaimable memory can give: the loop takes what it
-    can, stops once rounds gain nothing (at the latest at its 30 s budget) and
-    says memory is full, not that it ran out of time."""
+    can, stops once rounds gain nothing and says memory is full, not that it
+    ran out of time. While memory cannot cover what is missing, it only
+    compacts: an evacuation then asks the kernel for 1 GiB ranges it cannot
+    empty, and held one write for 29 s of the 30 s budget (the loop took 43 s
+    on a busy machine). No timing is asserted; the measures are."""
     set_pool(2048, 0)
-    cfg = config(tmp_path, "[pool]\nsize = \"20G\"\n"
+    # no pre-touch: 15 GB of fresh pages would take a minute to touch on a VM
+    cfg = config(tmp_path, "[pool]\nsize = \"20G\"\n[reserve]\npretouch = \"never\"\n"
                            "[thp]\nenabled = \"keep\"\ndefrag = \"keep\"\n")
     with hold_memory(8 * 1024):
         r = agent("apply", "--config", cfg)
@@ -111,7 +115,8 @@ def test_short_pool_is_reported_as_degraded(kernel_state: None, tmp_path: Path) 
     assert got < 10240 and f"reserved: {got} of 10240" in r.stdout and "SHORT" in r.stdout
     assert "stopped: memory is full" in r.stdout and "more rounds cannot help" in r.stdout
     last = json.loads(Path("/run/hugepage-agent/last-apply.json").read_text())
-    assert last["stop"] == "no memory" and last["seconds"] < 32, last
+    assert last["stop"] == "no memory", last
+    assert {m["name"] for m in last["measures"]} <= {"compact"}, last["measures"]
     assert last["room_bytes"] < last["missing_bytes"]
     assert "memory is full" in s.stdout
     data = json.loads(s.stdout)

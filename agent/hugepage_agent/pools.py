@@ -201,6 +201,10 @@ class KernelPool:
         try:
             self.write(self.in_use())  # its free pages must not pin the ranges to empty
             gib = -(-pages * self.page_size_kb // gib_kb)
+            # no more 1 GiB pages than free memory can hold: asking for more makes
+            # the kernel try, and fail, to empty ranges for every one of them
+            free, _ = self.room()
+            gib = max(1, min(gib, free // (gib_kb * 1024)))
             self.host.write_knob(knob, str(before + gib))
         except HostError:
             return False

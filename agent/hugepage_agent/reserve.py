@@ -36,6 +36,12 @@ after the last the ladder starts again with longer pauses:
     576 pages in 19 rounds and the loop ran out of its budget at 3,407 of 5,200;
   - drop caches: drop all clean page cache (only where `reserve.drop_caches`);
   - compact nodes: compaction node by node (a global pool on a NUMA host).
+While the free plus reclaimable memory cannot cover what is missing, each
+round only compacts: the other measures free nothing then, and an evacuation
+asks the kernel for 1 GiB ranges that it cannot empty (measured here: one
+such write took 29 s of a 30 s budget). A single write to the pool can still
+take a while when the kernel reclaims for it; the loop checks its budget
+between steps, and the report gives the time spent.
 Every rewrite follows a pause: freshly compacted memory is not always
 allocatable at once (measured here: compact then rewrite at once stalled at
 3,900 of 5,200 pages; with a pause of half a second, 5,200 every time).
@@ -259,7 +265,10 @@ def reserve(targets: Sequence[Target], timeout: float,
         if elapsed >= timeout:
             stop = STOP_NO_MEMORY if unreachable else STOP_TIMEOUT
             break
-        step = ladder.current
+        # memory is full, not fragmented: only compaction can still gain pages (an
+        # evacuation then asks the kernel for 1 GiB ranges it cannot empty, and
+        # measured here held one write for 29 s of a 30 s budget)
+        step = COMPACT if unreachable else ladder.current
         pause = _measure(step, short, drop_caches, ladder.pause)
         sleep(min(pause, max(0.0, timeout - (clock() - t0))))
         before = counted(now)
