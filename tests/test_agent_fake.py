@@ -341,8 +341,24 @@ def test_status_counts_allocations_and_what_fell_back(tmp_path: Path,
     assert m["pid"] == 4242 and m["verdict"] == "loaded", m
     assert m["hugetlb_alloc_bytes"] == 266240 * 1024 and m["hugetlb_file_bytes"] == 0
     assert m["fallback_bytes"] == 0 and m["coverage"] == 1.0 and m["dead_bytes"] == 0
-    assert m["load_mode"]["mode"] == "dio" and m["load_mode"]["chosen_by"] == "agent"
+    assert m["load_mode"]["mode"] == "auto" and m["load_mode"]["chosen_by"] == "agent"
+    assert m["load_mode"]["evidence"] == f"--load-mode found in {tmp_path / 'llama-server'}"
+    assert m["load_mode"]["at_start"] is None  # the fake server's command line chose none
+    assert m["page_cache_bytes"] is not None and m["page_cache_bytes"] <= m["model_bytes"]
     assert rc in (0, 1)  # the fake pool has no target pages; the model is what counts here
+    # what run-model put in the server's environment says how this start loaded
+    (root / "proc/4242/environ").write_text(
+        "PATH=/usr/bin\0HUGEPAGE_AGENT_LOAD=none: 97% of the model file in the page cache: "
+        "a buffered read\0")
+    main(["status", "--json", "--root", str(root), "--config", str(cfg)])
+    m = json.loads(capsys.readouterr().out)["models"][0]
+    assert m["load_mode"]["at_start"] == {
+        "mode": "none", "why": "97% of the model file in the page cache: a buffered read"}
+    main(["status", "--root", str(root), "--config", str(cfg)])
+    text = capsys.readouterr().out
+    assert "this start: none (97% of the model file in the page cache" in text
+    assert "page cache: " in text and "evidence: --load-mode found in" in text
+    (root / "proc/4242/environ").unlink()
 
     short = (_vma(0x7f3000000000, 4096, heap, Private_Hugetlb=4096) + WRAPPER_VMA
              + _vma(0x7f5000000000, 262144, "", Rss=262144))  # the KV cache in 4 KiB pages

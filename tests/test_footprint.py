@@ -73,7 +73,11 @@ def test_resolve_follows_what_the_binary_knows(tmp_path: Path) -> None:
     assert loadmode.resolve("dio", str(old), []).added == ("--direct-io",)
     assert loadmode.resolve("none", str(old), []).added == ("--no-mmap",)
     lm = loadmode.resolve("dio", str(oldest), [])
-    assert lm.added == () and lm.mode == "auto" and not lm.heap
+    assert lm.added == () and lm.mode == "mmap" and lm.chosen_by == "llama.cpp" and not lm.heap
+    auto = loadmode.resolve("auto", str(new), [])
+    assert auto.added == ("--load-mode", "dio") and auto.cached == ("--load-mode", "none")
+    assert auto.heap and auto.evidence == f"--load-mode found in {new}"
+    assert loadmode.resolve("auto", str(old), []).cached == ("--no-mmap",)
     own = loadmode.resolve("dio", str(new), ["--load-mode", "mmap"])
     assert own.added == () and own.chosen_by == "operator" and "repack" in own.note
     assert loadmode.resolve("keep", str(new), []).added == ()

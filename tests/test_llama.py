@@ -10,6 +10,7 @@ model unit under a real systemd."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -60,10 +61,10 @@ def pool(kernel_state: None) -> None:
 
 
 def config(tmp_path: Path, llama: Path, model: Path | None = None, *, extra: str = "",
-           args: list[str] | None = None, size: str = "auto") -> Path:
+           args: list[str] | None = None, size: str = "auto", server: str = "") -> Path:
     """A configuration with the test server binary, THP left alone, and the model."""
     f = tmp_path / "config.toml"
-    text = (f'[pool]\nsize = "{size}"\n[server]\nbinary = "{llama}"\n'
+    text = (f'[pool]\nsize = "{size}"\n[server]\nbinary = "{llama}"\n{server}'
             '[thp]\nenabled = "keep"\ndefrag = "keep"\n' + extra)
     if model is not None:
         text += (f'[[model]]\nname = "m"\npath = "{model}"\n'
@@ -139,6 +140,7 @@ def test_auto_pool_fits_the_first_start_and_holds_all_large_memory(
     r = agent("apply", "--config", str(cfg))
     assert r.returncode == 0, r.stdout + r.stderr
     target = read_int(Path("/proc/sys/vm/nr_hugepages"))
+    drop_cache(model)  # a cold start: read with direct I/O
     with Server(llama, model, tmp_path / "wrapped.log", wrap=exec_prefix(cfg),
                 args=ARGS) as srv:
         srv.wait_ready()
@@ -149,7 +151,7 @@ def test_auto_pool_fits_the_first_start_and_holds_all_large_memory(
         cmdline = Path(f"/proc/{srv.pid}/cmdline").read_bytes().split(b"\0")
     log = (tmp_path / "wrapped.log").read_text(errors="replace")
     assert wrapper_problems(log) == [], log[-3000:]  # no fallback at the first start
-    assert b"--load-mode" in cmdline and b"dio" in cmdline
+    assert cmdline[cmdline.index(b"--load-mode") + 1] == b"dio", cmdline
     # everything large the server reads is in huge pages, with no dead file copy
     assert mem["huge"] >= 256 * MIB
     assert mem["huge"] / (mem["huge"] + mem["small_pages"]) >= 0.99, mem
@@ -162,8 +164,70 @@ def test_auto_pool_fits_the_first_start_and_holds_all_large_memory(
     assert rc == 0 and m["verdict"] == "loaded" and m["coverage"] >= 0.99, data["problems"]
     assert m["dead_bytes"] == 0 and m["hugetlb_file_bytes"] == 0
     assert m["hugetlb_alloc_bytes"] >= 256 * MIB
-    assert m["load_mode"]["mode"] == "dio" and m["load_mode"]["chosen_by"] == "agent"
+    assert m["load_mode"]["mode"] == "auto" and m["load_mode"]["chosen_by"] == "agent"
+    assert m["load_mode"]["at_start"]["mode"] == "dio", m["load_mode"]
+    assert m["page_cache_bytes"] <= 0.05 * model.stat().st_size
     assert free_pages(2048) == target  # every page back after exit
+
+
+def cached_bytes(path: Path) -> int:
+    """The file's page cache, by util-linux's fincore (independently of the agent)."""
+    out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(path)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    return int(out[0])
+
+
+def drop_cache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("page_cache", ["drop", "keep"])
+def test_a_warm_start_reads_from_memory_and_keeps_no_second_copy(
+        pool: None, llama: Path, q4_model: Path, tmp_path: Path, page_cache: str) -> None:
+    """The file in the page cache: the agent has llama.cpp read it buffered
+    (--load-mode none), the fastest path, and the wrapper then drops it from the
+    page cache (at most 5 % left), unless `server.page_cache = "keep"` says to
+    keep it. A cold start with "keep" reads buffered too, and leaves it cached."""
+    expected = plain_tokens(llama, q4_model, tmp_path)
+    cfg = config(tmp_path, llama, q4_model, server=f'page_cache = "{page_cache}"\n')
+    dry = agent("apply", "--dry-run", "--config", str(cfg)).stdout
+    assert "model m: load mode auto (agent): chosen at each start" in dry, dry
+    assert f"evidence: --load-mode found in {llama}" in dry, dry
+    assert agent("apply", "--config", str(cfg)).returncode == 0
+    size = q4_model.stat().st_size
+    if page_cache == "keep":
+        drop_cache(q4_model)
+    else:
+        q4_model.read_bytes()
+        assert cached_bytes(q4_model) >= 0.95 * size
+    log = tmp_path / f"warm-{page_cache}.log"
+    with Server(llama, q4_model, log, wrap=exec_prefix(cfg), args=ARGS) as srv:
+        srv.wait_ready()
+        assert srv.complete(PROMPT)["tokens"] == expected
+        mem = memory(srv.pid, q4_model)
+        cmdline = Path(f"/proc/{srv.pid}/cmdline").read_bytes().split(b"\0")
+        after = cached_bytes(q4_model)
+        rc, data = status(cfg)
+    text = log.read_text(errors="replace")
+    assert cmdline[cmdline.index(b"--load-mode") + 1] == b"none", cmdline
+    assert mem["huge"] / (mem["huge"] + mem["small_pages"]) >= 0.99, mem
+    m = data["models"][0]
+    assert rc == 0 and m["verdict"] == "loaded", data["problems"]
+    assert m["load_mode"]["at_start"]["mode"] == "none"
+    if page_cache == "drop":
+        assert "100% of the model file in the page cache" in m["load_mode"]["at_start"]["why"]
+        assert after <= 0.05 * size, (after, size)
+        assert "dropped it from the page cache" in text
+        assert m["page_cache_bytes"] <= 0.05 * size
+    else:
+        assert "page_cache = keep" in m["load_mode"]["at_start"]["why"]
+        assert after >= 0.95 * size and m["page_cache_bytes"] >= 0.95 * size
+        assert "dropped it" not in text
 
 
 def test_pool_too_small_for_the_kv_cache_degrades(pool: None, llama: Path, q4_model: Path,
@@ -223,7 +287,8 @@ def test_operator_load_mode_is_kept_and_its_dead_copy_reported(
     assert held >= (q4_model.stat().st_size // (2 * MIB) - 2) * 2 * MIB
     m = data["models"][0]
     assert m["load_mode"] == {"mode": "mmap", "chosen_by": "operator",
-                              "note": m["load_mode"]["note"]}
+                              "note": m["load_mode"]["note"], "evidence": "the model's args",
+                              "at_start": {"mode": "mmap", "why": "chosen by the model's args"}}
     assert "repack" in m["load_mode"]["note"]
     assert m["dead_bytes"] >= 0.9 * q4_model.stat().st_size, m
     assert rc == 1 and "dead huge pages" in m["verdict"]
@@ -273,6 +338,7 @@ def test_model_unit_under_systemd(llama_ct: Container, llama: Path, q4_model: Pa
         '[[model]]\nname = "small"\npath = "/srv/models/small.gguf"\n'
         f'args = ["--host", "127.0.0.1", "--port", "{client.port}", "--threads", "2", '
         f'"--ctx-size", "{CTX}"]\n')
+    os.sync()  # the model was just copied in: dirty pages cannot be dropped
     ct.systemctl("start", "hugepage-agent.service")
     unit = "llama-server@small.service"
     deadline = time.monotonic() + 120
@@ -301,6 +367,19 @@ def test_model_unit_under_systemd(llama_ct: Container, llama: Path, q4_model: Pa
     assert m["unit"] == unit and m["active"] and m["coverage"] >= 0.99, m
     assert m["verdict"] == "loaded" and r.returncode == 0, data["problems"]
     assert wrapper_problems(ct.journal(unit)) == []
+    # the model was just copied in, so it was in the page cache: the unit's
+    # privileged ExecStartPre chose a buffered read, and the load dropped the file
+    journal = ct.journal(unit)
+    record = json.loads(ct.run("cat", "/run/hugepage-agent/start/small.json").stdout)
+    assert record["mode"] == "none" and record["drop_after"], record
+    assert "load mode none: 100% of the model file in the page cache" in journal, journal
+    assert "dropped it from the page cache" in journal
+    cmd = ct.proc(pid, "cmdline").read_bytes().split(b"\0")
+    assert cmd[cmd.index(b"--load-mode") + 1] == b"none", cmd
+    assert m["load_mode"]["at_start"]["mode"] == "none"
+    size = q4_model.stat().st_size
+    assert cached_bytes(ct.path("/srv/models/small.gguf")) <= 0.05 * size
+    assert m["page_cache_bytes"] is not None and m["page_cache_bytes"] <= 0.05 * size
 
 
 def test_strict_model_unit_fails_when_the_pool_is_short(llama_ct: Container) -> None:

@@ -94,7 +94,7 @@ def test_exports_only_the_interposed_symbols(wrapper_build: Path) -> None:
     names = {line.split()[-1] for line in out.splitlines() if line.strip()}
     assert names == {"mmap", "mmap64", "munmap", "mremap", "mprotect", "madvise", "posix_madvise",
                      "malloc", "free", "calloc", "realloc", "reallocarray", "posix_memalign",
-                     "aligned_alloc", "memalign", "malloc_usable_size"}
+                     "aligned_alloc", "memalign", "malloc_usable_size", "fclose"}
 
 
 @pytest.mark.parametrize(("offset", "length"), [

@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from hugepage_agent import footprint, loadmode, persist, pools, reserve, thp, units
+from hugepage_agent import footprint, loadmode, persist, pools, pretouch, reserve, thp, units
 from hugepage_agent.config import Config
 from hugepage_agent.errors import HostError
 from hugepage_agent.host import Host
@@ -34,6 +34,8 @@ class ApplyReport:
     conflicts: tuple[persist.Conflict, ...]
     result: reserve.ReserveResult | None
     boot_hint: str | None  # kernel command line for 1 GiB pages that fell short
+    touched: pretouch.Pretouch | None = None
+    load_modes: tuple[tuple[str, loadmode.LoadMode], ...] = ()  # per template model
 
     @property
     def met(self) -> bool:
@@ -66,8 +68,12 @@ def boot_hint(plan: Plan) -> str:
 def apply(host: Host, cfg: Config, dry_run: bool = False) -> ApplyReport:
     fps = footprint.project_models(host, cfg, fresh=True)
     plan = plan_with(host, cfg, fps)
+    modes: list[tuple[str, loadmode.LoadMode]] = []
     for m in cfg.models:
+        if m.unit is not None:
+            continue  # an operator's own unit runs its own command line
         lm = loadmode.resolve(cfg.server.load_mode, cfg.server.binary, m.args)
+        modes.append((m.name, lm))
         if lm.chosen_by == "operator" and not lm.heap:
             log.warning("model %s: its args choose load mode %s: %s", m.name, lm.mode, lm.note)
     if plan.page_size_kb not in pools.supported_sizes_kb(host):
@@ -88,6 +94,7 @@ def apply(host: Host, cfg: Config, dry_run: bool = False) -> ApplyReport:
 
     result = None
     hint = None
+    touched = None
     if not dry_run:
         thp.apply_changes(host, changes)
         for c in changes:
@@ -96,13 +103,16 @@ def apply(host: Host, cfg: Config, dry_run: bool = False) -> ApplyReport:
         result = reserve.reserve(
             targets, cfg.reserve.timeout,
             drop_caches=(lambda: pools.drop_caches(host)) if cfg.reserve.drop_caches else None)
+        gains = [(c.node, max(0, c.total() - before_pages))
+                 for c, (_, before_pages, _) in zip(ctls, before)]
+        touched = pretouch.after_reserve(host, cfg.reserve.pretouch, plan.page_size_kb, gains)
         persist.write_files(host, files)
         for f in files:
             if f.changed:
                 log.info("%s %s", "removed" if f.new is None else "wrote", f.path)
         if not result.met and plan.page_size == units.GIB:
             hint = boot_hint(plan)
-        _save_state(host, plan, result)
+        _save_state(host, plan, result, touched)
     conflicts = persist.find_conflicts(host)
     for cf in conflicts:
         if cf.overrides:
@@ -111,10 +121,11 @@ def apply(host: Host, cfg: Config, dry_run: bool = False) -> ApplyReport:
     return ApplyReport(plan=plan, dry_run=dry_run, footprints=fps, pools_before=before,
                        thp_changes=tuple(changes), thp_cmdline=state.cmdline,
                        files=tuple(files), conflicts=tuple(conflicts), result=result,
-                       boot_hint=hint)
+                       boot_hint=hint, touched=touched, load_modes=tuple(modes))
 
 
-def _save_state(host: Host, plan: Plan, result: reserve.ReserveResult) -> None:
+def _save_state(host: Host, plan: Plan, result: reserve.ReserveResult,
+                touched: pretouch.Pretouch | None = None) -> None:
     state = {
         "time": time.time(),
         "page_size_kb": plan.page_size_kb,
@@ -130,6 +141,7 @@ def _save_state(host: Host, plan: Plan, result: reserve.ReserveResult) -> None:
                      for m in result.measures],
         "missing_bytes": result.missing_bytes,
         "room_bytes": result.room_bytes,
+        "pretouch": touched.to_json() if touched is not None else None,
     }
     try:
         host.write_atomic(STATE_FILE, json.dumps(state, indent=1) + "\n")
@@ -167,6 +179,9 @@ def render(report: ApplyReport) -> str:
             if fp and fp.dead:
                 lines.append(f"    of which {units.human_bytes(fp.dead)} dead: "
                              f"{loadmode.NOTES['mmap']}")
+    for name, lm in report.load_modes:
+        lines.append(f"  model {name}: load mode {lm.mode} ({lm.chosen_by}): {lm.note}; "
+                     f"evidence: {lm.evidence}")
     if report.dry_run:
         for label, pages, goal in report.pools_before:
             lines.append(f"would set {label}: {pages} -> {goal} pages")
@@ -200,6 +215,8 @@ def render(report: ApplyReport) -> str:
         lines.append(f"  measures: {r.measures_text()}")
         if not r.met:
             lines.append(f"  stopped: {r.explain()}")
+        if report.touched is not None:
+            lines.append(f"  {report.touched.text()}")
         if len(r.per_pool) > 1:
             for label, goal, have in r.per_pool:
                 lines.append(f"  {label}: {have} of {goal}")

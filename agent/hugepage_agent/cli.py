@@ -16,12 +16,13 @@ from hugepage_agent import (
     __version__,
     config,
     execwrap,
+    loadmode,
     metrics,
     models,
+    modelstart,
     release,
     serveruser,
     status,
-    unitfiles,
 )
 from hugepage_agent import apply as apply_mod
 from hugepage_agent.errors import (
@@ -53,7 +54,7 @@ commands:
            in huge pages and what not; exit 0 when all is as configured, 1
            when degraded
   exec     run a program with the huge page wrapper preloaded (llama-server
-           gets --load-mode dio unless its arguments choose)
+           gets the load mode the units get unless its arguments choose)
   daemon   what hugepage-agent.service runs: apply, write the model units'
            drop-ins, start the models, then serve D-Bus and watch memory events
   reload   make the running daemon re-read its configuration (systemctl reload
@@ -63,6 +64,9 @@ commands:
   run-model NAME
            what llama-server@NAME.service runs: exec llama-server with the
            model's path and arguments from the file the agent wrote
+  prepare-model NAME
+           what llama-server@NAME.service runs first, as root: choose this
+           start's load mode from what the page cache holds of the model
 
 exit codes: 0 as configured, 1 degraded (pool short, a model not wholly in
 huge pages), 2 error or invalid input.
@@ -105,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", parents=[common], help="show whether the host is as configured",
                        description="Show pools, THP, persistence and models. Readable by "
                                    "anyone. Exit 0 as configured, 1 degraded, 2 error.")
-    s.add_argument("--json", action="store_true", help="machine-readable output (schema v1)")
+    s.add_argument("--json", action="store_true", help="machine-readable output (schema v2)")
     s.add_argument("--wait", type=float, metavar="SECONDS", default=0,
                    help="wait up to SECONDS for the host to be as configured (models still "
                         "loading, say) before reporting")
@@ -131,6 +135,14 @@ def _parser() -> argparse.ArgumentParser:
                         description="Used by llama-server@.service: exec the configured "
                                     "llama-server with the model's path and arguments.")
     rm.add_argument("name", help="the model name (the unit's instance)")
+    pm = sub.add_parser("prepare-model", parents=[common],
+                        help="choose how a model's server loads, before it starts",
+                        description="Used by llama-server@.service (ExecStartPre=+, as root): "
+                                    "measure what the page cache holds of the model file, "
+                                    "choose this start's load mode (server.load_mode), drop "
+                                    "from the page cache what direct I/O will not use, and "
+                                    "record the choice for run-model.")
+    pm.add_argument("name", help="the model name (the unit's instance)")
     return p
 
 
@@ -231,22 +243,24 @@ def _cmd_release(args: argparse.Namespace, host: Host) -> int:
 
 
 def _cmd_run_model(args: argparse.Namespace, host: Host) -> int:
-    if not config.MODEL_NAME_RE.fullmatch(args.name):
-        raise AgentError(f"{args.name!r} is not a valid model name")
-    path = unitfiles.model_file(args.name)
-    text = host.read_optional(path)
-    if text is None:
-        raise AgentError(f"no model '{args.name}': {path} does not exist (is it configured, "
-                         "and has hugepage-agent.service run?)")
-    try:
-        argv = unitfiles.model_argv(text)
-    except (ValueError, KeyError, TypeError) as e:
-        raise AgentError(f"{path}: malformed model file ({e})") from e
+    argv, extra = modelstart.run_command(host, args.name)
+    if extra.get(loadmode.ENV_CHOICE):
+        print(f"hugepage-agent: model {args.name}: load mode {extra[loadmode.ENV_CHOICE]}",
+              file=sys.stderr, flush=True)
     log.debug("exec %s", argv)
     try:
-        os.execv(argv[0], argv)
+        os.execve(argv[0], argv, {**os.environ, **extra})
     except OSError as e:
         raise AgentError(f"cannot run {argv[0]}: {e.strerror or e} (set [server] binary)") from e
+
+
+def _cmd_prepare_model(args: argparse.Namespace, host: Host) -> int:
+    _require_root(host, "prepare-model")
+    choice = modelstart.prepare(host, args.name)
+    if choice is not None:
+        print(f"hugepage-agent: model {args.name}: load mode {choice.summary()}",
+              file=sys.stderr)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -255,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     host = Host(args.root)
     handlers = {"apply": _cmd_apply, "status": _cmd_status, "exec": _cmd_exec,
                 "daemon": _cmd_daemon, "reload": _cmd_reload, "release": _cmd_release,
-                "run-model": _cmd_run_model}
+                "run-model": _cmd_run_model, "prepare-model": _cmd_prepare_model}
     try:
         return handlers[args.command](args, host)
     except AgentError as e:

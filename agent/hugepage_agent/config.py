@@ -36,7 +36,9 @@ THP_MODES = ("always", "madvise", "never", "keep")
 DEFRAG_MODES = ("always", "defer", "defer+madvise", "madvise", "never", "keep")
 WRAPPER_LOG = ("quiet", "info", "debug")
 WRAPPER_PAGE = ("auto", "2M", "1G")
-LOAD_MODES = ("dio", "none", "keep")
+LOAD_MODES = ("auto", "dio", "none", "keep")
+PAGE_CACHE = ("drop", "keep")
+PRETOUCH = ("auto", "always", "never")
 DEFAULT_ALLOC_MIN = 8 * units.MIB
 # matched whole (fullmatch): a trailing newline is no part of a name
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
@@ -70,6 +72,7 @@ class ThpConfig:
 class ReserveConfig:
     timeout: float = 30.0
     drop_caches: bool = False
+    pretouch: str = "auto"  # touch the pages a reservation adds: auto (in a VM), always, never
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ class WrapperConfig:
 class ServerConfig:
     binary: str = DEFAULT_SERVER
     # how the agent has llama.cpp load the weights, unless a model's args choose
-    load_mode: str = "dio"
+    load_mode: str = "auto"
+    page_cache: str = "drop"  # after a load, drop the model file from the page cache
 
 
 @dataclass(frozen=True)
@@ -129,10 +133,10 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "pool": {"page_size": str, "size": (str, int), "headroom": (str, int),
              "limit": (str, int), "nodes": dict},
     "thp": {"enabled": str, "defrag": str},
-    "reserve": {"timeout": (str, int, float), "drop_caches": bool},
+    "reserve": {"timeout": (str, int, float), "drop_caches": bool, "pretouch": str},
     "wrapper": {"library": str, "min_size": (str, int), "alloc_min_size": (str, int),
                 "page_size": str, "strict": bool, "log": str, "threads": int},
-    "server": {"binary": str, "load_mode": str},
+    "server": {"binary": str, "load_mode": str, "page_cache": str},
     "metrics": {"textfile_dir": str, "interval": (str, int, float)},
 }
 _MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -313,7 +317,9 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
         raise ConfigError(src("wrapper.library"), "wrapper.library", "must be an absolute path")
 
     binary = raw.get("server", {}).get("binary", DEFAULT_SERVER)
-    load_mode = choice("server.load_mode", "dio", LOAD_MODES)
+    load_mode = choice("server.load_mode", "auto", LOAD_MODES)
+    page_cache = choice("server.page_cache", "drop", PAGE_CACHE)
+    pretouch = choice("reserve.pretouch", "auto", PRETOUCH)
     if not binary.startswith("/"):
         raise ConfigError(src("server.binary"), "server.binary", "must be an absolute path")
 
@@ -332,11 +338,12 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
         pool=PoolConfig(page_size=page_size, size=size, headroom=headroom, limit=limit,
                         nodes=nodes),
         thp=ThpConfig(enabled=enabled, defrag=defrag),
-        reserve=ReserveConfig(timeout=timeout, drop_caches=r.get("drop_caches", False)),
+        reserve=ReserveConfig(timeout=timeout, drop_caches=r.get("drop_caches", False),
+                              pretouch=pretouch),
         wrapper=WrapperConfig(library=library, min_size=min_size, alloc_min_size=alloc_min,
                               page_size=wpage,
                               strict=w.get("strict", False), log=wlog, threads=threads),
-        server=ServerConfig(binary=binary, load_mode=load_mode),
+        server=ServerConfig(binary=binary, load_mode=load_mode, page_cache=page_cache),
         metrics=MetricsConfig(textfile_dir=textfile_dir, interval=interval),
         models=tuple(_model(f, i, m, models_present) for f, i, m in models.values()),
         origins=tuple(sorted(origins.items())),

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from hugepage_agent import loadmode
+from hugepage_agent import loadmode, modelstart
 from hugepage_agent.config import DEFAULT_LIBRARY, Config
 from hugepage_agent.errors import AgentError, ConfigError
 
@@ -69,7 +70,15 @@ def exec_command(cfg: Config, argv: Sequence[str]) -> NoReturn:
     if loadmode.is_llama_server(argv[0]):
         # as for the model units: weights into huge page heap buffers, unless chosen
         binary = shutil.which(argv[0]) or argv[0]
-        argv[1:1] = loadmode.resolve(cfg.server.load_mode, binary, argv[1:]).added
+        lm = loadmode.resolve(cfg.server.load_mode, binary, argv[1:])
+        path = modelstart.model_path_in(argv[1:])
+        if path is not None:
+            choice = modelstart.choose(lm, path, cfg.server.page_cache)
+            argv[1:1] = choice.args
+            env.update(modelstart.choice_env(choice, path))
+            print(f"hugepage-agent: load mode {choice.summary()}", file=sys.stderr, flush=True)
+        else:
+            argv[1:1] = lm.added
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as e:

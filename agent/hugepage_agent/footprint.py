@@ -220,7 +220,8 @@ def project(path: str, args: Sequence[str], server: str, configured_mode: str, *
     if lm.heap:
         weights, file_copy, dead = model.weight_bytes, 0, 0
         # a repacked tensor is read into a buffer of its size, through a staging buffer
-        staging = min(DIO_STAGING, model.largest_repacked) if lm.mode == "dio" else 0
+        staging = (min(DIO_STAGING, model.largest_repacked)
+                   if lm.mode == "dio" or lm.cached is not None else 0)
         transient = sum(n for n in (model.largest_repacked, staging) if n >= alloc_min)
     else:  # mapped: the wrapper copies the file; repack copies part of it again
         size = os.stat(path).st_size

@@ -82,9 +82,14 @@ class Host:
                 except FileNotFoundError:
                     if not create:
                         raise
-                    with contextlib.suppress(FileExistsError):
+                    made = True
+                    try:
                         os.mkdir(part, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        made = False
                     nfd = os.open(part, flags, dir_fd=fd)
+                    if made:  # 0755 whatever the umask (a unit's UMask=0077 applies)
+                        os.fchmod(nfd, 0o755)
                 os.close(fd)
                 fd = nfd
         except BaseException:

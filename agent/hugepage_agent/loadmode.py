@@ -1,16 +1,27 @@
-"""How llama.cpp loads a model's weights, and what that means for huge pages.
+"""How llama.cpp loads a model's weights, what that means for huge pages, and
+the choice the agent makes at each start.
 
 Under its default (mmap), llama.cpp maps the model file and, on x86, copies
 the weights of the types people serve (Q4_0, Q4_K, Q6_K, Q8_0, IQ4_NL,
 MXFP4...) into repack buffers on the heap; the mapped copy of those weights
-is never read again. The wrapper serves the file mapping from huge pages, so
-that dead copy would hold huge pages for nothing. Measured (docs/benchmarks.md),
-the agent therefore has llama.cpp read the weights itself with direct I/O
-(`--load-mode dio`): every weight lands in heap buffers that the wrapper
-serves from huge pages, once, with no page cache left behind.
+is never read again, and would hold huge pages for nothing. So the agent has
+llama.cpp read the weights itself, into heap buffers that the wrapper serves
+from huge pages. How it reads is chosen at each start (`server.load_mode =
+"auto"`, docs/benchmarks.md):
+  - the page cache holds at least half of the file: a buffered read
+    (`--load-mode none`), the fastest path from memory; when it is done, the
+    wrapper drops the whole file from the page cache (`server.page_cache =
+    "drop"`): every cached page is then a second copy of weights the server
+    holds in huge pages;
+  - otherwise: direct I/O (`--load-mode dio`), which reads the disk at its
+    speed and puts nothing in the page cache; what little was cached is
+    dropped before the start, since dio does not use it.
+`server.page_cache = "keep"` reads buffered at every start and drops nothing,
+so that restarts find the file in memory, at the cost of that memory.
 
-An operator who chooses a load mode in a model's args keeps it; the agent
-says what it means for huge page coverage.
+Which options the server knows is read from its binary and, for a server
+built with shared libraries, from the libraries it loads (elflibs), never by
+running it. An operator who chooses a load mode in a model's args keeps it.
 """
 
 from __future__ import annotations
@@ -21,6 +32,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hugepage_agent import elflibs
+from hugepage_agent.pagecache import Residency
+
 # llama.cpp's options that choose how the weights are loaded, by generation:
 # --load-mode/-lm (2026), --direct-io/--no-mmap/--mlock (earlier).
 LOAD_MODE_FLAGS = ("--load-mode", "-lm")
@@ -28,32 +42,47 @@ LEGACY_FLAGS = {"--mmap": "mmap", "--no-mmap": "none", "--mlock": "mlock",
                 "--direct-io": "dio", "-dio": "dio", "--no-direct-io": "mmap",
                 "-ndio": "mmap"}
 HEAP_MODES = ("dio", "none", "mlock")  # the weights end up in heap buffers
+CACHED_SHARE = 0.5  # from this share of the file in the page cache, read buffered
+AUTO = "auto"  # the agent's per-start choice (server.load_mode)
+LLAMA_DEFAULT = "mmap"  # what llama.cpp does when nothing is chosen
 
 NOTES = {
     "dio": "weights read with direct I/O into heap buffers served from huge pages; "
            "no copy of the file, no page cache",
-    "none": "weights read into heap buffers served from huge pages; the page cache "
-            "keeps a copy of the file",
+    "none": "weights read into heap buffers served from huge pages, through the page "
+            "cache",
     "mmap": "the model file is mapped: the wrapper copies it into huge pages, and the "
             "part llama.cpp repacks (quantized weights) stays there unused",
     "mlock": "weights read into heap buffers served from huge pages",
-    "auto": "llama.cpp maps the model file (see mmap)",
+    "auto": "llama.cpp's auto: it maps the model file (see mmap)",
 }
+AGENT_AUTO_NOTE = ("chosen at each start: a buffered read (none) when at least half of the "
+                   "model file is in the page cache, else direct I/O (dio); weights in heap "
+                   "buffers served from huge pages")
+ENV_CHOICE = "HUGEPAGE_AGENT_LOAD"  # in the server's environment: what was chosen, and why
 
 
 @dataclass(frozen=True)
 class LoadMode:
-    mode: str  # dio, none, mmap, mlock, auto
+    mode: str  # dio, none, mmap, mlock, auto (the agent's per-start choice, or the operator's)
     chosen_by: str  # "agent", "operator" or "llama.cpp" (its default)
-    added: tuple[str, ...]  # the arguments the agent adds
+    added: tuple[str, ...]  # the arguments the agent adds (auto: for a file not cached)
+    cached: tuple[str, ...] | None = None  # auto: the arguments for a cached file
+    evidence: str = ""  # how the agent knows which options the server has
 
     @property
     def note(self) -> str:
+        if self.mode == AUTO and self.chosen_by == "agent":
+            return AGENT_AUTO_NOTE
         return NOTES.get(self.mode, "unknown load mode")
 
     @property
     def heap(self) -> bool:
-        return self.mode in HEAP_MODES
+        return self.mode in HEAP_MODES or self.cached is not None
+
+    def to_json(self) -> dict[str, object]:
+        return {"mode": self.mode, "chosen_by": self.chosen_by, "note": self.note,
+                "evidence": self.evidence}
 
 
 def operator_choice(args: Sequence[str]) -> str | None:
@@ -69,50 +98,124 @@ def operator_choice(args: Sequence[str]) -> str | None:
     return None
 
 
-def _binary_has(binary: str, needle: bytes) -> bool:
-    """Whether the server binary knows an option, from its string table (no exec).
-    Each binary is searched once per version of it, however many models ask."""
+def find_option(binary: str, option: str) -> tuple[bool, str]:
+    """Whether the server knows an option, and the evidence: the binary or the
+    library whose string table names it (nothing is run). Each binary is
+    searched once per version of it, however many models ask."""
     try:
         st = os.stat(binary)
-    except OSError:
-        return True  # cannot tell: assume a current llama.cpp
-    return _search(binary, st.st_size, st.st_mtime_ns, needle)
+    except OSError as e:
+        return True, f"{binary} cannot be read ({e.strerror}): a current llama.cpp assumed"
+    return _find(binary, st.st_size, st.st_mtime_ns, option)
 
 
-@functools.lru_cache(maxsize=32)
-def _search(binary: str, size: int, mtime_ns: int, needle: bytes) -> bool:
-    del mtime_ns  # the cache key
-    if size == 0:
-        return False
+def _has(path: str, needle: bytes) -> bool | None:
     try:
-        fd = os.open(binary, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return True
+        return None
     try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return False
         with mmap.mmap(fd, size, prot=mmap.PROT_READ) as m:
             return m.find(needle) >= 0
     except (OSError, ValueError):
-        return True
+        return None
     finally:
         os.close(fd)
 
 
+@functools.lru_cache(maxsize=64)
+def _find(binary: str, size: int, mtime_ns: int, option: str) -> tuple[bool, str]:
+    del size, mtime_ns  # the cache key
+    loose = option.encode()
+    found = _has(binary, loose)
+    if found is None:
+        return True, f"{binary} cannot be read: a current llama.cpp assumed"
+    if found:
+        return True, f"{option} found in {binary}"
+    libs = list(elflibs.libraries(binary))
+    for lib in libs:
+        if _has(lib, loose):
+            return True, f"{option} found in {lib}, a library of {binary}"
+    where = f"{binary} and its {len(libs)} libraries" if libs else binary
+    return False, f"{option} not found in {where}"
+
+
 def resolve(configured: str, binary: str, args: Sequence[str]) -> LoadMode:
     """What a server will run with: the operator's choice, else the configured
-    `server.load_mode` ("keep": llama.cpp's default)."""
+    `server.load_mode` (auto: chosen at each start; keep: llama.cpp's default)."""
     own = operator_choice(args)
     if own is not None:
-        return LoadMode(own, "operator", ())
+        return LoadMode(own, "operator", (), evidence="the model's args")
     if configured == "keep":
-        return LoadMode("auto", "llama.cpp", ())
-    if _binary_has(binary, b"--load-mode"):
-        return LoadMode(configured, "agent", ("--load-mode", configured))
+        return LoadMode(LLAMA_DEFAULT, "llama.cpp", (), evidence="server.load_mode = keep")
+    has_mode, evidence = find_option(binary, "--load-mode")
+    if has_mode:
+        if configured == AUTO:
+            return LoadMode(AUTO, "agent", ("--load-mode", "dio"),
+                            cached=("--load-mode", "none"), evidence=evidence)
+        return LoadMode(configured, "agent", ("--load-mode", configured), evidence=evidence)
     # an older llama.cpp: its own flags for the same
-    if configured == "dio" and _binary_has(binary, b"--direct-io"):
-        return LoadMode("dio", "agent", ("--direct-io",))
-    if _binary_has(binary, b"--no-mmap"):
-        return LoadMode("none", "agent", ("--no-mmap",))
-    return LoadMode("auto", "llama.cpp", ())
+    has_dio, dio_evidence = find_option(binary, "--direct-io")
+    has_nommap, nommap_evidence = find_option(binary, "--no-mmap")
+    if configured in ("dio", AUTO) and has_dio:
+        if configured == AUTO and has_nommap:
+            return LoadMode(AUTO, "agent", ("--direct-io",), cached=("--no-mmap",),
+                            evidence=f"{evidence}; {dio_evidence}")
+        return LoadMode("dio", "agent", ("--direct-io",), evidence=f"{evidence}; {dio_evidence}")
+    if has_nommap:
+        return LoadMode("none", "agent", ("--no-mmap",),
+                        evidence=f"{evidence}; {nommap_evidence}")
+    return LoadMode(LLAMA_DEFAULT, "llama.cpp", (),
+                    evidence=f"{evidence}; no --direct-io or --no-mmap either: "
+                             "llama.cpp's default")
+
+
+@dataclass(frozen=True)
+class StartChoice:
+    """How one start of a server loads its weights."""
+    args: tuple[str, ...]  # what the agent puts before the model's own arguments
+    mode: str
+    why: str
+    drop_before: bool  # drop the file's page cache before the start (dio does not use it)
+    drop_after: bool  # the wrapper drops it when the load has read the file
+
+    def summary(self) -> str:
+        return f"{self.mode}: {self.why}"
+
+
+def _share(res: Residency) -> str:
+    return f"{res.share * 100:.0f}% of the model file in the page cache"
+
+
+def at_start(lm: LoadMode, res: Residency | None, page_cache: str) -> StartChoice:
+    """The choice for one start, from what the page cache holds of the file
+    now (None: it could not be measured) and `server.page_cache`."""
+    drop = page_cache == "drop"
+    if lm.cached is None:
+        mode = lm.mode
+        why = {"operator": "chosen by the model's args", "agent": "server.load_mode",
+               "llama.cpp": "llama.cpp's default"}.get(lm.chosen_by, lm.chosen_by)
+        return StartChoice(lm.added, mode, why, drop_before=drop and mode == "dio",
+                           drop_after=drop and mode == "none")
+    cached_mode = "none"  # --load-mode none, or --no-mmap
+    if not drop:
+        return StartChoice(lm.cached, cached_mode,
+                           "server.page_cache = keep: a buffered read, the file kept in the "
+                           "page cache for the next start" + (f" ({_share(res)})" if res else ""),
+                           drop_before=False, drop_after=False)
+    if res is None:
+        return StartChoice(lm.added, "dio", "the page cache could not be measured: direct I/O",
+                           drop_before=False, drop_after=False)
+    if res.share >= CACHED_SHARE:
+        return StartChoice(lm.cached, cached_mode,
+                           f"{_share(res)}: a buffered read from memory, the file dropped "
+                           "from the page cache after the load", drop_before=False,
+                           drop_after=True)
+    return StartChoice(lm.added, "dio", f"{_share(res)}: direct I/O from the disk",
+                       drop_before=res.cached > 0, drop_after=False)
 
 
 def is_llama_server(argv0: str) -> bool:

@@ -54,7 +54,7 @@ def render_all(cfg: Config, library: str) -> dict[str, str]:
         if m.unit is None:
             lm = loadmode.resolve(cfg.server.load_mode, cfg.server.binary, m.args)
             out[unitfiles.model_file(m.name)] = unitfiles.render_model_file(
-                m, cfg.server.binary, lm.added)
+                m, cfg.server.binary, lm, cfg.server.page_cache)
     try:
         agent = render_agent_dropin(cfg)
     except unitfiles.UnsafeValue as e:

@@ -1,11 +1,13 @@
 """`hugepage-agent status`: is the host as configured?
 
-Collects plain data (the JSON schema, version 1, documented in the README)
+Collects plain data (the JSON schema, version 2, documented in the README)
 and renders it for people. Reads only; works without root.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from typing import Any
 
@@ -16,6 +18,8 @@ from hugepage_agent import (
     footprint,
     journal,
     loadmode,
+    modelstart,
+    pagecache,
     persist,
     pools,
     thp,
@@ -23,7 +27,7 @@ from hugepage_agent import (
     units,
 )
 from hugepage_agent.config import Config, ModelConfig
-from hugepage_agent.errors import AgentError
+from hugepage_agent.errors import AgentError, HostError
 from hugepage_agent.host import Host
 from hugepage_agent.plan import Plan
 from hugepage_agent.systemd import Systemd, SystemdError
@@ -59,17 +63,22 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
     systemd, fp = ctx
     unit = unitfiles.unit_for(m)
     lm = loadmode.resolve(cfg.server.load_mode, cfg.server.binary, m.args) \
-        if m.unit is None else loadmode.LoadMode("unknown", "operator's unit", ())
+        if m.unit is None else loadmode.LoadMode("unknown", "operator's unit", (),
+                                                 evidence="the unit's own ExecStart=")
+    res = pagecache.residency(m.path)
     entry: dict[str, Any] = {
         "name": m.name, "path": m.path, "unit": unit, "active": None, "state": None,
         "pid": None, "model_bytes": m.size, "hugetlb_bytes": None,
         "hugetlb_file_bytes": None, "hugetlb_alloc_bytes": None, "fallback_bytes": None,
         "dead_bytes": None, "used_bytes": None, "coverage": None,
         "page_size_kb": None, "wrapper_loaded": None, "file_pmd_bytes": None,
-        "load_mode": {"mode": lm.mode, "chosen_by": lm.chosen_by, "note": lm.note},
+        "load_mode": {**lm.to_json(), "at_start": None},
+        "page_cache_bytes": res.cached if res is not None else None,
         "verdict": "unknown",
     }
     pid = _find_server(host, m, unit, systemd, entry)
+    if pid:
+        entry["load_mode"]["at_start"] = _start_choice(host, m, pid)
     if not pid:
         if systemd is None:
             entry["verdict"] = "unknown: systemd not reachable, no process holds the model"
@@ -120,6 +129,29 @@ def _find_server(host: Host, m: ModelConfig, unit: str, systemd: Systemd | None,
             if systemd is None:
                 entry.update(active=True, state="running (not a unit)")
     return pid
+
+
+def _start_choice(host: Host, m: ModelConfig, pid: int) -> dict[str, str] | None:
+    """How the running server loaded this time: what run-model or exec put in
+    its environment (readable by root), else the unit's record, else its
+    command line."""
+    with contextlib.suppress(HostError, UnicodeDecodeError):
+        raw = host.read_optional(f"/proc/{pid}/environ")
+        for var in (raw or "").split("\0"):
+            key, _, value = var.partition("=")
+            if key == loadmode.ENV_CHOICE:
+                mode, _, why = value.partition(": ")
+                return {"mode": mode, "why": why}
+    with contextlib.suppress(HostError, ValueError):
+        data = json.loads(host.read_optional(modelstart.start_file(m.name)) or "null")
+        if isinstance(data, dict) and isinstance(data.get("mode"), str):
+            return {"mode": data["mode"], "why": str(data.get("why", ""))}
+    with contextlib.suppress(HostError):
+        cmd = (host.read_optional(f"/proc/{pid}/cmdline") or "").split("\0")
+        chosen = loadmode.operator_choice(cmd)
+        if chosen is not None:
+            return {"mode": chosen, "why": "from its command line"}
+    return None
 
 
 def _verdict(host: Host, m: ModelConfig, cov: coverage.Coverage, entry: dict[str, Any],
@@ -264,6 +296,10 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"last apply: {la.get('achieved')} of {la.get('target')} pages in "
                      f"{la.get('rounds')} rounds, {la.get('seconds')} s"
                      + (f" ({la['why']})" if la.get("why") and la.get("stop") != "met"
+                        else "")
+                     + (f"; pre-touched {la['pretouch']['pages']} pages in "
+                        f"{la['pretouch']['seconds']} s"
+                        if isinstance(la.get("pretouch"), dict) and la["pretouch"].get("pages")
                         else ""))
     if data["models"]:
         lines.append(f"{'MODEL':<16} {'UNIT':<32} {'STATE':<18} {'PID':>7} {'SIZE':>10} "
@@ -283,6 +319,17 @@ def render(data: dict[str, Any]) -> str:
                          f"{_bytes(m['fallback_bytes'])}")
         lm = m["load_mode"]
         lines.append(f"  load mode {lm['mode']} ({lm['chosen_by']}): {lm['note']}")
+        if lm.get("at_start"):
+            lines.append(f"    this start: {lm['at_start']['mode']} "
+                         f"({lm['at_start']['why']})")
+        if lm.get("evidence"):
+            lines.append(f"    evidence: {lm['evidence']}")
+        pc = m.get("page_cache_bytes")
+        share = pc / m["model_bytes"] * 100 if pc is not None and m["model_bytes"] else 0.0
+        lines.append("  page cache: " + ("cannot be measured by this user (run as root)"
+                                         if pc is None else
+                                         f"{units.human_bytes(pc)} of the model file "
+                                         f"({share:.0f}%)"))
     if data["problems"]:
         lines.append("DEGRADED:")
         lines.extend(f"  - {p}" for p in data["problems"])

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from hugepage_agent import __version__
 from hugepage_agent.config import ModelConfig
+from hugepage_agent.loadmode import LoadMode
 
 AGENT_UNIT = "hugepage-agent.service"
 TEMPLATE = "llama-server@.service"
@@ -69,25 +72,67 @@ def render_dropin(model: ModelConfig, env: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_model_file(model: ModelConfig, binary: str, added: tuple[str, ...] = ()) -> str:
-    """`added`: arguments the agent puts before the model's own (the load mode)."""
-    data = {
+def render_model_file(model: ModelConfig, binary: str, load: LoadMode | None = None,
+                      page_cache: str = "drop") -> str:
+    """`load`: how the agent has the server load the weights; the arguments it
+    adds are chosen at each start (`hugepage-agent prepare-model`)."""
+    data: dict[str, object] = {
         "generated_by": f"hugepage-agent {__version__}",
         "name": model.name,
         "binary": binary,
         "model": model.path,
-        "args": [*added, *model.args],
+        "args": list(model.args),
     }
+    if load is not None:
+        data["load"] = {"mode": load.mode, "chosen_by": load.chosen_by,
+                        "uncached": list(load.added),
+                        "cached": list(load.cached) if load.cached is not None else None,
+                        "page_cache": page_cache, "evidence": load.evidence}
     return json.dumps(data, indent=1) + "\n"
 
 
-def model_argv(text: str) -> list[str]:
-    """The llama-server command line from a model file's text."""
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file as run-model and prepare-model read it."""
+    binary: str
+    model: str
+    args: tuple[str, ...]
+    load: LoadMode | None  # None: a file written before the choice was made per start
+    page_cache: str = "drop"
+
+    def argv(self, added: Sequence[str] = ()) -> list[str]:
+        return [self.binary, "--model", self.model, *added, *self.args]
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(a, str) for a in value)
+
+
+def parse_model_file(text: str) -> ModelFile:
+    """Raises ValueError (or KeyError, TypeError) for a malformed file."""
     data = json.loads(text)
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object")
     binary, path, args = data["binary"], data["model"], data["args"]
-    if not (isinstance(binary, str) and isinstance(path, str) and isinstance(args, list)
-            and all(isinstance(a, str) for a in args)):
+    if not (isinstance(binary, str) and isinstance(path, str) and _strings(args)):
         raise ValueError("malformed model file")
-    return [binary, "--model", path, *args]
+    load = None
+    raw = data.get("load")
+    if raw is not None:
+        if not (isinstance(raw, dict) and _strings(raw["uncached"])
+                and (raw["cached"] is None or _strings(raw["cached"]))
+                and isinstance(raw["mode"], str) and isinstance(raw["chosen_by"], str)
+                and raw.get("page_cache", "drop") in ("drop", "keep")):
+            raise ValueError("malformed load section")
+        load = LoadMode(raw["mode"], raw["chosen_by"], tuple(raw["uncached"]),
+                        cached=tuple(raw["cached"]) if raw["cached"] is not None else None,
+                        evidence=str(raw.get("evidence", "")))
+        return ModelFile(binary, path, tuple(args), load, raw.get("page_cache", "drop"))
+    return ModelFile(binary, path, tuple(args), None)
+
+
+def model_argv(text: str) -> list[str]:
+    """The llama-server command line from a model file's text, before any
+    per-start choice."""
+    mf = parse_model_file(text)
+    return mf.argv(mf.load.added if mf.load is not None else ())

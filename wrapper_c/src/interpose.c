@@ -22,6 +22,7 @@ __attribute__((constructor)) static void hpw_init(void)
     hpw_config_load();
     hpw_registry_init(); /* before alloc's: fork takes alloc's lock first */
     hpw_alloc_init();
+    hpw_dropcache_init();
     inside = 0;
     atomic_store_explicit(&initialized, 1, memory_order_release);
 }
@@ -264,4 +265,19 @@ EXPORT size_t malloc_usable_size(void *p)
 {
     size_t ours = hpw_alloc_size(p);
     return ours != 0 ? ours : hpw_real_usable_size(p);
+}
+
+EXPORT int fclose(FILE *stream)
+{
+    if (!inside && stream != NULL && hpw_dropcache_wanted()) {
+        inside = 1;
+        int saved = errno;
+        int fd = fileno(stream);
+        off_t pos = fd >= 0 ? ftello(stream) : -1;
+        if (pos >= 0)
+            hpw_dropcache_at_close(fd, pos);
+        errno = saved;
+        inside = 0;
+    }
+    return hpw_real_fclose(stream);
 }

@@ -24,6 +24,7 @@ static range_arg_fn real_madvise;
 static range_arg_fn real_posix_madvise;
 typedef void *(*mremap_fn)(void *, size_t, size_t, int, ...);
 static mremap_fn real_mremap;
+static int (*real_fclose)(FILE *);
 struct hpw_alloc_fns hpw_next_alloc;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static atomic_int resolved;
@@ -38,6 +39,7 @@ static void resolve(void)
     real_madvise = (range_arg_fn)dlsym(RTLD_NEXT, "madvise");
     real_posix_madvise = (range_arg_fn)dlsym(RTLD_NEXT, "posix_madvise");
     real_mremap = (mremap_fn)dlsym(RTLD_NEXT, "mremap");
+    real_fclose = (int (*)(FILE *))dlsym(RTLD_NEXT, "fclose");
     struct hpw_alloc_fns *a = &hpw_next_alloc;
     a->malloc = (void *(*)(size_t))dlsym(RTLD_NEXT, "malloc");
     a->free = (void (*)(void *))dlsym(RTLD_NEXT, "free");
@@ -117,4 +119,14 @@ void *hpw_real_mremap(void *old, size_t old_size, size_t new_size, int flags, vo
     if (real_mremap != NULL)
         return real_mremap(old, old_size, new_size, flags, new_addr);
     return (void *)syscall(SYS_mremap, old, old_size, new_size, flags, new_addr);
+}
+
+int hpw_real_fclose(FILE *fp)
+{
+    hpw_resolve_real();
+    if (real_fclose == NULL) {
+        errno = ENOSYS; /* cannot happen with a libc underneath */
+        return EOF;
+    }
+    return real_fclose(fp);
 }

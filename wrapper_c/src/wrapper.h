@@ -5,6 +5,7 @@
 #define HUGEPAGE_WRAPPER_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -118,6 +119,13 @@ int hpw_registry_apply(enum hpw_op op, char *addr, size_t len, int arg,
 int hpw_registry_prepare_fixed(char *addr, size_t len);
 void *hpw_registry_mremap(char *old, size_t old_size, size_t new_size, int flags,
                           char *new_addr, int *handled);
+
+/* dropcache.c: drop the model file (HUGEPAGE_WRAPPER_DROP_CACHE) from the page
+ * cache when a stream that read it is closed. */
+void hpw_dropcache_init(void);
+int hpw_dropcache_wanted(void);
+void hpw_dropcache_at_close(int fd, off_t pos);
+int hpw_real_fclose(FILE *fp);
 
 /* takeover.c: decide whether to serve an mmap from huge pages and do it. */
 int hpw_takeover_eligible(size_t length, int prot, int flags, int fd, off_t offset);

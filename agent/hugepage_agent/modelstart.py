@@ -1,0 +1,132 @@
+"""One start of a model's server: how it loads its weights this time.
+
+The choice depends on what the page cache holds of the model file right now
+(loadmode.at_start), and only a caller that owns the file, may write it or
+has CAP_FOWNER is told that truthfully (pagecache). So the template unit runs
+`hugepage-agent prepare-model NAME` first, as root (`ExecStartPre=+`): it
+measures, decides, drops from the page cache what direct I/O will not use,
+and records the choice in /run/hugepage-agent/start/NAME.json. Then
+`run-model NAME`, as the servers' unprivileged user, execs llama-server with
+that choice, and, after a buffered load, has the wrapper drop the file from
+the page cache (HUGEPAGE_WRAPPER_DROP_CACHE). `hugepage-agent exec` makes the
+same choice in one step, as whoever runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+
+from hugepage_agent import config, loadmode, pagecache, unitfiles
+from hugepage_agent.errors import AgentError, HostError
+from hugepage_agent.host import Host
+from hugepage_agent.loadmode import LoadMode, StartChoice
+
+log = logging.getLogger(__name__)
+
+START_DIR = "/run/hugepage-agent/start"
+FRESH_SECONDS = 600.0  # a recorded choice older than this is not this start's
+DROP_ENV = "HUGEPAGE_WRAPPER_DROP_CACHE"
+
+
+def start_file(name: str) -> str:
+    return f"{START_DIR}/{name}.json"
+
+
+def identity(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def choose(lm: LoadMode, path: str, page_cache: str) -> StartChoice:
+    """Measure, decide, and drop before the start what direct I/O will not use."""
+    res = pagecache.residency(path)
+    choice = loadmode.at_start(lm, res, page_cache)
+    if choice.drop_before:
+        pagecache.drop(path)
+    return choice
+
+
+def read_model_file(host: Host, name: str) -> unitfiles.ModelFile:
+    if not config.MODEL_NAME_RE.fullmatch(name):
+        raise AgentError(f"{name!r} is not a valid model name")
+    path = unitfiles.model_file(name)
+    text = host.read_optional(path)
+    if text is None:
+        raise AgentError(f"no model '{name}': {path} does not exist (is it configured, "
+                         "and has hugepage-agent.service run?)")
+    try:
+        return unitfiles.parse_model_file(text)
+    except (ValueError, KeyError, TypeError) as e:
+        raise AgentError(f"{path}: malformed model file ({e})") from e
+
+
+def prepare(host: Host, name: str) -> StartChoice | None:
+    """What the unit's privileged ExecStartPre runs; None for a model file that
+    leaves the load mode to the server."""
+    mf = read_model_file(host, name)
+    if mf.load is None:
+        return None
+    choice = choose(mf.load, mf.model, mf.page_cache)
+    record = {"time": time.time(), "identity": identity(mf.model), "args": list(choice.args),
+              "mode": choice.mode, "why": choice.why, "drop_after": choice.drop_after}
+    try:
+        host.write_atomic(start_file(name), json.dumps(record) + "\n", mode=0o644)
+    except HostError as e:
+        log.warning("model %s: cannot record this start's load mode (%s); the server "
+                    "measures the page cache itself", name, e)
+    return choice
+
+
+def _recorded(host: Host, name: str, mf: unitfiles.ModelFile) -> StartChoice | None:
+    try:
+        data = json.loads(host.read_optional(start_file(name)) or "null")
+    except (ValueError, HostError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    try:
+        fresh = 0 <= time.time() - float(data["time"]) <= FRESH_SECONDS
+        args = data["args"]
+        ok = (fresh and data["identity"] == identity(mf.model) and isinstance(args, list)
+              and all(isinstance(a, str) for a in args)
+              and isinstance(data["mode"], str) and isinstance(data["why"], str))
+        if not ok or mf.load is None or tuple(args) not in (mf.load.added, mf.load.cached):
+            return None  # stale, another file, or not one of the model file's choices
+        return StartChoice(tuple(args), data["mode"], data["why"], drop_before=False,
+                           drop_after=bool(data["drop_after"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def run_command(host: Host, name: str) -> tuple[list[str], dict[str, str]]:
+    """What run-model execs: the argv and the environment it adds."""
+    mf = read_model_file(host, name)
+    if mf.load is None:
+        return mf.argv(), {}
+    choice = _recorded(host, name, mf) or choose(mf.load, mf.model, mf.page_cache)
+    return mf.argv(choice.args), choice_env(choice, mf.model)
+
+
+def choice_env(choice: StartChoice, model_path: str) -> dict[str, str]:
+    env = {loadmode.ENV_CHOICE: choice.summary()}
+    if choice.drop_after:
+        env[DROP_ENV] = model_path
+    return env
+
+
+def model_path_in(args: Sequence[str]) -> str | None:
+    """The --model of a llama-server command line."""
+    for i, a in enumerate(args):
+        flag, eq, value = a.partition("=")
+        if flag in ("-m", "--model"):
+            if eq:
+                return value
+            return args[i + 1] if i + 1 < len(args) else None
+    return None
