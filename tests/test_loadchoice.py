@@ -254,3 +254,19 @@ def test_the_wrapper_drops_the_model_file_after_a_buffered_load(tmp_path: Path) 
                                                      "LD_PRELOAD": str(LIB)},
                        capture_output=True, text=True, check=True)
     assert r.stdout == plain and r.stderr == "" and _cached_kb(f) >= 47 * 1024
+
+
+def test_a_refused_measurement_is_unknown_not_a_crash(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the agent's SystemCallFilter, cachestat and mincore fail with EPERM
+    (the daemon crashed on it once): the figure is unknown, nothing raises."""
+    f = tmp_path / "model.bin"
+    f.write_bytes(b"x" * 8192)
+
+    def refused(*_: object) -> int:
+        raise PermissionError(1, "mincore failed")
+
+    monkeypatch.setattr(pagecache, "_cachestat", lambda fd, size: None)
+    monkeypatch.setattr(pagecache, "_mincore", refused)
+    assert pagecache.residency(str(f)) is None
+    assert pagecache.residency(str(tmp_path / "missing")) is None

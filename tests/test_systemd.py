@@ -118,10 +118,18 @@ def test_start_is_active_only_after_the_pool_is_reserved(ct: Container) -> None:
 
 def test_model_unit_runs_with_the_wrapper_in_huge_pages(ct: Container) -> None:
     unit = "llama-server@tiny.service"
-    wait_for(lambda: main_pid(ct, unit) > 0, what=lambda: started(ct, unit))
+    # MainPID is known from the fork, before systemd has set the sandbox up and exec'd
+    wait_for(lambda: main_pid(ct, unit) > 0 and b"fakeserver" in ct.proc(
+        main_pid(ct, unit), "cmdline").read_bytes(), what=lambda: started(ct, unit))
     pid = main_pid(ct, unit)
     env = ct.proc(pid, "environ").read_bytes().split(b"\0")
     assert b"LD_PRELOAD=/usr/lib/hugepage-agent/libhugepage-wrapper.so" in env
+    # this start's choice (ExecStartPre) was made without the wrapper, which would
+    # have copied the model file when the check mapped it: only the server loads it
+    wait_for(lambda: "fakeserver: serving" in ct.journal(unit), what="the server")
+    loads = [line for line in ct.journal(unit).splitlines()
+             if "hugepage-wrapper[" in line and ": loaded " in line]
+    assert loads and all(f"hugepage-wrapper[{pid}]" in line for line in loads), loads
     assert b"HUGEPAGE_WRAPPER_MIN_SIZE=67108864" in env
     wait_for(lambda: memfd_hugetlb_bytes(ct.proc(pid, "smaps"), "/srv/models/tiny.gguf")
              >= IN_HUGE_PAGES,

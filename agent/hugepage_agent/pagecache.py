@@ -17,7 +17,6 @@ pages other processes map, or dirty ones, stay.
 from __future__ import annotations
 
 import ctypes
-import errno
 import functools
 import mmap
 import os
@@ -131,10 +130,8 @@ def residency(path: str) -> Residency | None:
         return None
     try:
         return residency_fd(fd)
-    except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # not a page-cached file
-            return None
-        raise
+    except OSError:  # a system call filter (EPERM), a file without a page cache (EINVAL)
+        return None
     finally:
         os.close(fd)
 
