@@ -38,6 +38,8 @@ from pathlib import Path
 from tests import ggufmodel
 from tests.llama import REPO, Server, agent_cmd, agent_env, llama_bin
 
+from bench.llama_e2e import cached_bytes, status_kb, warm
+
 NR = Path("/proc/sys/vm/nr_hugepages")
 SYSCTL = Path("/etc/sysctl.d/80-hugepage-agent.conf")
 GIB = 1 << 30
@@ -49,25 +51,6 @@ PLAIN, FLOOR, AGENT, NO_TOUCH, KEEP = ("plain llama.cpp (mmap)", "plain, buffere
 CASES = {"first": [PLAIN, AGENT, NO_TOUCH], "warm": [PLAIN, FLOOR, AGENT],
          "cold": [PLAIN, FLOOR, AGENT], "kept": [PLAIN, FLOOR, KEEP]}
 SETTLE = 6.0  # after the pool is given back: the guest reports the freed memory to the host
-
-
-def cached_bytes(path: Path) -> int:
-    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    return int(out or 0)
-
-
-def status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def warm(path: Path) -> None:
-    with open(path, "rb") as f:
-        while f.read(64 << 20):
-            pass
 
 
 def drop_caches() -> None:

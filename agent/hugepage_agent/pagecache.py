@@ -17,11 +17,12 @@ pages other processes map, or dirty ones, stay.
 from __future__ import annotations
 
 import ctypes
-import functools
 import mmap
 import os
 import platform
 from dataclasses import dataclass
+
+from hugepage_agent.libc import libc, mapped
 
 _CACHESTAT = {"x86_64": 451, "aarch64": 451, "ppc64le": 451, "s390x": 451, "riscv64": 451}
 
@@ -46,15 +47,6 @@ class _Stat(ctypes.Structure):
                 ("nr_recently_evicted", ctypes.c_uint64)]
 
 
-@functools.lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    return libc
 
 
 def _cachestat(fd: int, size: int) -> int | None:
@@ -63,7 +55,7 @@ def _cachestat(fd: int, size: int) -> int | None:
     if nr is None:
         return None
     rng, st = _Range(0, size), _Stat()
-    if _libc().syscall(ctypes.c_long(nr), ctypes.c_uint(fd), ctypes.byref(rng),
+    if libc().syscall(ctypes.c_long(nr), ctypes.c_uint(fd), ctypes.byref(rng),
                      ctypes.byref(st), ctypes.c_uint(0)) != 0:
         return None  # ENOSYS (before 6.5), EPERM (not the owner), EOPNOTSUPP
     return min(size, int(st.nr_cache) * os.sysconf("SC_PAGE_SIZE"))
@@ -90,22 +82,22 @@ def _may_know(st: os.stat_result, fd: int) -> bool:
 
 def _mincore(fd: int, size: int) -> int:
     """Cached bytes by mincore(2) over a mapping of the file, 1 GiB at a time."""
-    libc = _libc()
+    lib = libc()
     page = os.sysconf("SC_PAGE_SIZE")
     chunk = 1 << 30
     cached = 0
     for off in range(0, size, chunk):
         n = min(chunk, size - off)
-        addr = libc.mmap(None, n, mmap.PROT_READ, mmap.MAP_SHARED, fd, off)
-        if addr in (None, ctypes.c_void_p(-1).value):
+        addr = lib.mmap(None, n, mmap.PROT_READ, mmap.MAP_SHARED, fd, off)
+        if not mapped(addr):
             raise OSError(ctypes.get_errno(), "mmap failed")
         try:
             vec = ctypes.create_string_buffer((n + page - 1) // page)
-            if libc.mincore(addr, n, vec) != 0:
+            if lib.mincore(addr, n, vec) != 0:
                 raise OSError(ctypes.get_errno(), "mincore failed")
             cached += sum(b & 1 for b in vec.raw) * page
         finally:
-            libc.munmap(addr, n)
+            lib.munmap(addr, n)
     return min(size, cached)
 
 

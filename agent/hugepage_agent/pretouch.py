@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from hugepage_agent import pools
 from hugepage_agent.errors import HostError
 from hugepage_agent.host import Host
+from hugepage_agent.libc import libc, mapped
 
 log = logging.getLogger(__name__)
 
@@ -81,37 +82,25 @@ def virtual_machine(host: Host) -> str | None:
     return None
 
 
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
-    libc.memset.restype = ctypes.c_void_p
-    return libc
-
-
 def touch(page_kb: int, pages: int, node: int | None = None,
           threads: int = 0) -> tuple[int, str | None]:
     """Map `pages` huge pages of `page_kb` (from `node`), write each once,
     unmap them. Returns (pages touched, why fewer)."""
     if pages <= 0:
         return 0, None
-    libc = _libc()
+    lib = libc()
     page = page_kb * 1024
     length = pages * page
     flags = (mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_HUGETLB
              | (page.bit_length() - 1) << MAP_HUGE_SHIFT)
-    addr = libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
-    if addr is None or addr == ctypes.c_void_p(-1).value:
+    addr = lib.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
+    if not mapped(addr):
         return 0, f"mmap of {pages} pages: {os.strerror(ctypes.get_errno())}"
     try:
         if node is not None:
             nr = SYS_MBIND.get(os.uname().machine)
             mask = ctypes.c_ulong(1 << node)
-            if nr is None or libc.syscall(ctypes.c_long(nr), ctypes.c_void_p(addr),
+            if nr is None or lib.syscall(ctypes.c_long(nr), ctypes.c_void_p(addr),
                                           ctypes.c_ulong(length), ctypes.c_int(MPOL_BIND),
                                           ctypes.byref(mask), ctypes.c_ulong(node + 2),
                                           ctypes.c_uint(0)) != 0:
@@ -121,14 +110,14 @@ def touch(page_kb: int, pages: int, node: int | None = None,
 
         def work(first: int, count: int) -> None:
             start = addr + first * page
-            if libc.madvise(start, count * page, MADV_POPULATE_WRITE) == 0:
+            if lib.madvise(start, count * page, MADV_POPULATE_WRITE) == 0:
                 return
             err = ctypes.get_errno()
             if err != 22:  # EINVAL: a kernel before 5.14; write a byte per page instead
                 errors.append(os.strerror(err))
                 return
             for i in range(count):
-                libc.memset(start + i * page, 0, 1)
+                lib.memset(start + i * page, 0, 1)
 
         share = -(-pages // n)
         workers = [threading.Thread(target=work, args=(i * share, min(share, pages - i * share)))
@@ -141,7 +130,7 @@ def touch(page_kb: int, pages: int, node: int | None = None,
             return 0, f"populating: {errors[0]}"
         return pages, None
     finally:
-        libc.munmap(addr, length)
+        lib.munmap(addr, length)
 
 
 def _boot_id(host: Host) -> str:
