@@ -12,19 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from hugepage_agent import (
-    __version__,
-    config,
-    execwrap,
-    loadmode,
-    metrics,
-    models,
-    modelstart,
-    release,
-    serveruser,
-    status,
-)
-from hugepage_agent import apply as apply_mod
+from hugepage_agent import __version__, config
 from hugepage_agent.errors import (
     AgentError,
     ConfigError,
@@ -153,6 +141,9 @@ def _require_root(host: Host, what: str) -> None:
 
 
 def _cmd_apply(args: argparse.Namespace, host: Host) -> int:
+    from hugepage_agent import apply as apply_mod
+    from hugepage_agent import models, serveruser
+
     cfg = config.load(host, args.config)
     if not args.dry_run:
         _require_root(host, "apply")
@@ -179,6 +170,8 @@ def _local_systemd(host: Host) -> Systemd | None:
 
 
 def _collect_status(args: argparse.Namespace, host: Host) -> dict[str, Any]:
+    from hugepage_agent import status
+
     if host.is_real and args.config is None and bus_available():
         from hugepage_agent.dbus_service import call_status
 
@@ -200,6 +193,8 @@ def _cmd_status(args: argparse.Namespace, host: Host) -> int:
     while data["degraded"] and data["config"]["error"] is None and time.monotonic() < deadline:
         time.sleep(0.5)
         data = _collect_status(args, host)
+    from hugepage_agent import metrics, status
+
     if args.prometheus:
         print(metrics.render(data), end="")
     else:
@@ -213,6 +208,10 @@ def _cmd_exec(args: argparse.Namespace, host: Host) -> int:
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
+    # Each command imports what it needs: exec, run-model and prepare-model run at
+    # every server start, and importing status and apply too cost them 70 ms.
+    from hugepage_agent import execwrap
+
     cfg = config.load(host, args.config)
     execwrap.exec_command(cfg, cmd)
 
@@ -236,6 +235,8 @@ def _cmd_reload(args: argparse.Namespace, host: Host) -> int:
 
 
 def _cmd_release(args: argparse.Namespace, host: Host) -> int:
+    from hugepage_agent import release
+
     cfg = config.load(host, args.config, models_present=False)
     _require_root(host, "release")
     print(release.release(host, cfg))
@@ -243,6 +244,8 @@ def _cmd_release(args: argparse.Namespace, host: Host) -> int:
 
 
 def _cmd_run_model(args: argparse.Namespace, host: Host) -> int:
+    from hugepage_agent import loadmode, modelstart
+
     argv, extra = modelstart.run_command(host, args.name)
     if extra.get(loadmode.ENV_CHOICE):
         print(f"hugepage-agent: model {args.name}: load mode {extra[loadmode.ENV_CHOICE]}",
@@ -255,6 +258,8 @@ def _cmd_run_model(args: argparse.Namespace, host: Host) -> int:
 
 
 def _cmd_prepare_model(args: argparse.Namespace, host: Host) -> int:
+    from hugepage_agent import modelstart
+
     _require_root(host, "prepare-model")
     choice = modelstart.prepare(host, args.name)
     if choice is not None:
