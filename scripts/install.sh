@@ -23,7 +23,9 @@ fi
 
 bash scripts/install-files.sh /
 agent=/usr/bin/hugepage-agent
-if [[ "$(ps -p 1 -o comm= 2>/dev/null)" == systemd ]]; then
+# systemd is running when /run/systemd/system exists (sd_booted(3)); a
+# minimal root has no procps to ask ps.
+if [[ -d /run/systemd/system ]]; then
     systemctl reload dbus.service || true
     systemctl daemon-reload
     systemctl enable --now hugepage-agent.service
