@@ -389,3 +389,56 @@ def test_status_reports_the_dead_file_copy_of_an_operators_mmap(
     m = json.loads(capsys.readouterr().out)["models"][0]
     assert rc == 1 and m["load_mode"]["chosen_by"] == "operator"
     assert m["dead_bytes"] > 0.9 * weights and "dead huge pages" in m["verdict"], m
+
+
+class _Unit:
+    """systemd's answer for one unit (the D-Bus call is what is stubbed here;
+    the container test runs the same path against a real systemd)."""
+
+    def __init__(self, main_pid: int, group: str) -> None:
+        self.main_pid, self.group = main_pid, group
+
+    def state(self, unit: str) -> object:
+        from hugepage_agent.systemd import UnitState
+
+        return UnitState(unit, "loaded", "active", "running", self.main_pid, self.group)
+
+
+def test_servers_are_found_in_the_units_cgroup(tmp_path: Path) -> None:
+    """A supervisor (pid 4000: the wrapper preloaded, no large memory) and its
+    two servers (4242, 4343) in a cgroup and a sub-group: both servers are
+    measured and summed, the supervisor is left out, the first server is the
+    model's pid; a server without the wrapper makes the verdict name it."""
+    from hugepage_agent import status
+    from hugepage_agent.config import load
+
+    heap = "/memfd:hugepage-wrapper-heap (deleted)"
+    served = _vma(0x7f1000000000, 262144, heap, Private_Hugetlb=262144) + WRAPPER_VMA
+    root, cfg, _ = _server_tree(tmp_path, served)
+    for pid, smaps in ((4343, served), (4000, WRAPPER_VMA)):
+        d = root / f"proc/{pid}"
+        d.mkdir(parents=True)
+        (d / "smaps").write_text(smaps)
+        (d / "comm").write_text("sh\n" if pid == 4000 else "llama-server\n")
+    group = root / "sys/fs/cgroup/unified/system.slice/own.service"
+    (group / "payload").mkdir(parents=True)
+    (group / "cgroup.procs").write_text("4000\n4242\n")
+    (group / "payload" / "cgroup.procs").write_text("4343\n")
+    host = Host(root)
+    c = load(host, str(cfg))
+    data = status.collect(host, c, systemd=_Unit(4000, "/system.slice/own.service"))
+    m = data["models"][0]
+    assert m["main_pid"] == 4000 and m["pid"] == 4242, m
+    assert [p["pid"] for p in m["processes"]] == [4242, 4343]
+    assert m["hugetlb_bytes"] == 2 * 262144 * 1024 and m["verdict"] == "loaded", m
+    assert all(p["coverage"] == 1.0 and p["wrapper_loaded"] for p in m["processes"])
+    text = status.render(data)
+    assert "process 4242 (llama-server, main process 4000)" in text
+    assert "process 4343 (llama-server, main process 4000)" in text
+    # the second server runs without the wrapper: named in the verdict
+    (root / "proc/4343/smaps").write_text(_vma(0x7f5000000000, 262144, "", Rss=262144))
+    m = status.collect(host, c, systemd=_Unit(4000, "/system.slice/own.service"))["models"][0]
+    assert m["verdict"] == "wrapper not loaded (pid 4343)", m
+    # no cgroup to read: the main process, as before
+    m = status.collect(host, c, systemd=_Unit(4242, "/gone.service"))["models"][0]
+    assert m["pid"] == 4242 and [p["pid"] for p in m["processes"]] == [4242]

@@ -428,6 +428,52 @@ def test_short_pool_strict_fails_the_unit_and_fallback_is_reported(ct: Container
     ct.systemctl("reload", "hugepage-agent.service")
 
 
+def test_a_supervisor_units_server_is_found_in_its_cgroup(ct: Container) -> None:
+    """An operator's own unit whose main process is a small supervisor (a shell)
+    that starts the server as a child and waits, as ollama or a wrapper script
+    does: status measures the child, found in the unit's cgroup, and says so."""
+    unit = "supervised.service"
+    unit_file = ct.path(f"/etc/systemd/system/{unit}")
+    unit_file.write_text("[Service]\nExecStart=/bin/sh -c '/usr/local/bin/fakeserver "
+                         "--model /srv/models/big.gguf --port 8081 & wait'\n")
+    text = config_text([("tiny", ["--port", "8080"]), ("sup", [])]).replace(
+        'name = "sup"\n', f'name = "sup"\nunit = "{unit}"\n')
+    ct.path(CONFIG).write_text(text)
+    try:
+        ct.systemctl("daemon-reload")
+        ct.systemctl("reload", "hugepage-agent.service")
+
+        def sup() -> dict[str, Any]:
+            r = ct.run("hugepage-agent", "status", "--json", check=False)
+            return next(m for m in json.loads(r.stdout)["models"] if m["name"] == "sup")
+
+        wait_for(lambda: sup()["verdict"] == "loaded", what=lambda: f"{sup()}")
+        m = sup()
+        shell = main_pid(ct, unit)
+        assert ct.proc(shell, "comm").read_text().strip() == "sh"
+        assert m["main_pid"] == shell and m["pid"] != shell, m
+        assert ct.proc(m["pid"], "comm").read_text().strip() == "fakeserver"
+        stat = ct.proc(m["pid"], "stat").read_text()
+        assert int(stat.rsplit(")", 1)[1].split()[1]) == shell  # the shell's child
+        assert [p["pid"] for p in m["processes"]] == [m["pid"]]
+        assert m["processes"][0]["hugetlb_bytes"] >= IN_HUGE_PAGES
+        assert m["hugetlb_bytes"] >= IN_HUGE_PAGES and m["coverage"] >= 0.99, m
+        text_out = ct.run("hugepage-agent", "status", check=False).stdout
+        assert f"process {m['pid']} (fakeserver, main process {shell})" in text_out, text_out
+        prom = ct.path(f"{TEXTFILE_DIR}/hugepage_agent.prom")
+        wait_for(lambda: 'hugepage_agent_model_coverage_ratio{model="sup"' in prom.read_text(),
+                 what="the metrics of the supervised model")
+        line = next(x for x in prom.read_text().splitlines()
+                    if x.startswith('hugepage_agent_model_hugetlb_bytes{model="sup"'))
+        assert int(line.split()[-1]) >= IN_HUGE_PAGES
+    finally:
+        ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
+        ct.systemctl("reload", "hugepage-agent.service", check=False)
+        ct.systemctl("stop", unit, check=False)
+        unit_file.unlink()
+        ct.systemctl("daemon-reload", check=False)
+
+
 def test_memory_block_offline_and_back_is_seen(ct: Container) -> None:
     blocks = sorted(Path("/sys/devices/system/memory").glob("memory[0-9]*"),
                     key=lambda p: int(p.name[6:]), reverse=True)

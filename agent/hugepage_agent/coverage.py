@@ -12,8 +12,10 @@ wrapper's threshold that libc served, in 4 KiB pages, when the pool was short).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hugepage_agent.errors import HostError
 from hugepage_agent.host import Host
 
 MEMFD_PREFIX = "/memfd:hugepage-wrapper:"
@@ -99,11 +101,29 @@ def parse_smaps(text: str, model_path: str, large: int = 0) -> Coverage:
                     large_anon_bytes=sums[_ANON], wrapper_loaded=wrapper, filling=filling)
 
 
+def large(cov: Coverage) -> bool:
+    """Whether a process holds large memory: huge pages, or large 4 KiB memory."""
+    return cov.hugetlb_bytes > 0 or cov.fallback_bytes > 0
+
+
+def combine(covs: Sequence[Coverage]) -> Coverage:
+    """The memory of several server processes (a unit that runs more than one)."""
+    return Coverage(
+        file_hugetlb_bytes=sum(c.file_hugetlb_bytes for c in covs),
+        heap_hugetlb_bytes=sum(c.heap_hugetlb_bytes for c in covs),
+        page_size_kb=next((c.page_size_kb for c in covs if c.page_size_kb), None),
+        file_mapped_bytes=sum(c.file_mapped_bytes for c in covs),
+        file_pmd_bytes=sum(c.file_pmd_bytes for c in covs),
+        large_anon_bytes=sum(c.large_anon_bytes for c in covs),
+        wrapper_loaded=bool(covs) and all(c.wrapper_loaded for c in covs),
+        filling=any(c.filling for c in covs))
+
+
 def read_coverage(host: Host, pid: int, model_path: str, large: int = 0) -> Coverage | None:
     """None when the process's smaps cannot be read (gone, or another user's)."""
     try:
         text = host.read_optional(f"/proc/{pid}/smaps")
-    except Exception:
+    except HostError:  # another user's process
         return None
     return parse_smaps(text, model_path, large) if text is not None else None
 

@@ -22,6 +22,7 @@ from hugepage_agent import (
     pagecache,
     persist,
     pools,
+    procs,
     thp,
     unitfiles,
     units,
@@ -74,10 +75,13 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
         "page_size_kb": None, "wrapper_loaded": None, "file_pmd_bytes": None,
         "load_mode": {**lm.to_json(), "at_start": None},
         "page_cache_bytes": res.cached if res is not None else None,
+        "processes": [], "main_pid": None,
         "verdict": "unknown",
     }
-    pid = _find_server(host, m, unit, systemd, entry)
+    servers = _find_servers(host, m, systemd, entry, cfg.wrapper.alloc_min_size)
+    pid = servers[0][0] if servers else 0
     if pid:
+        entry["pid"] = pid
         entry["load_mode"]["at_start"] = _start_choice(host, m, pid)
     if not pid:
         if systemd is None:
@@ -87,10 +91,12 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
             if m.autostart:
                 problems.append(f"model {m.name}: {unit} is {entry['state']}")
         return entry
-    cov = coverage.read_coverage(host, pid, m.path, cfg.wrapper.alloc_min_size)
-    if cov is None:
+    readable = [c for _, c in servers if c is not None]
+    if not readable:
         entry["verdict"] = f"unknown: cannot read /proc/{pid}/smaps (run as root)"
         return entry
+    cov = coverage.combine(readable)
+    entry["processes"] = [_process_entry(host, p, c, fp) for p, c in servers if c is not None]
     # a file copy in huge pages: the weights llama.cpp repacked are read no more
     dead = min(cov.file_hugetlb_bytes, fp.repacked) if fp is not None else 0
     live = cov.hugetlb_bytes - dead
@@ -108,27 +114,53 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
     return entry
 
 
-def _find_server(host: Host, m: ModelConfig, unit: str, systemd: Systemd | None,
-                 entry: dict[str, Any]) -> int:
-    """The server's pid: the unit's main process, else a process holding the model."""
+def _process_entry(host: Host, pid: int, cov: coverage.Coverage,
+                   fp: footprint.Footprint | None) -> dict[str, Any]:
+    dead = min(cov.file_hugetlb_bytes, fp.repacked) if fp is not None else 0
+    live = cov.hugetlb_bytes - dead
+    used = live + cov.fallback_bytes
+    return {"pid": pid, "comm": procs.comm(host, pid), "wrapper_loaded": cov.wrapper_loaded,
+            "hugetlb_bytes": cov.hugetlb_bytes, "hugetlb_file_bytes": cov.file_hugetlb_bytes,
+            "hugetlb_alloc_bytes": cov.heap_hugetlb_bytes, "fallback_bytes": cov.fallback_bytes,
+            "dead_bytes": dead, "used_bytes": used,
+            "coverage": round(min(live / used, 1.0), 4) if used else None}
+
+
+def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: dict[str, Any],
+                  large: int) -> list[tuple[int, coverage.Coverage | None]]:
+    """The processes that serve the model, with their memory, the first one
+    shown as the model's pid: of the processes in the unit's cgroup, those that
+    hold large memory (a supervisor that started the server holds none), else
+    those with the wrapper loaded (a server still starting), else the unit's
+    main process; without a unit, a process holding the model."""
     pid = 0
+    group = ""
     if systemd is not None:
         try:
-            st = systemd.state(unit)
+            st = systemd.state(entry["unit"])
             entry.update(active=st.active_state == "active",
-                         state=f"{st.active_state}/{st.sub_state}", pid=st.main_pid or None)
+                         state=f"{st.active_state}/{st.sub_state}", pid=st.main_pid or None,
+                         main_pid=st.main_pid or None)
             pid = st.main_pid
+            group = st.control_group
         except SystemdError as e:
             entry["verdict"] = f"unknown: {e}"
-    if not pid:
-        # no unit running it (or no systemd): a process started another way, e.g. exec
-        holders = coverage.pids_holding(host, m.path)
-        if holders:
-            pid = holders[0]
-            entry["pid"] = pid
-            if systemd is None:
-                entry.update(active=True, state="running (not a unit)")
-    return pid
+    pids = procs.cgroup_pids(host, group) if group else []
+    if pids:
+        covs = [(p, coverage.read_coverage(host, p, m.path, large)) for p in pids]
+        for keep in (coverage.large, lambda c: c.wrapper_loaded):
+            found = [(p, c) for p, c in covs if c is not None and keep(c)]
+            if found:
+                return sorted(found, key=lambda pc: (pc[0] != pid, pc[0]))
+    if pid:
+        return [(pid, coverage.read_coverage(host, pid, m.path, large))]
+    # no unit running it (or no systemd): a process started another way, e.g. exec
+    holders = coverage.pids_holding(host, m.path)
+    if not holders:
+        return []
+    if systemd is None:
+        entry.update(active=True, state="running (not a unit)")
+    return [(holders[0], coverage.read_coverage(host, holders[0], m.path, large))]
 
 
 def _start_choice(host: Host, m: ModelConfig, pid: int) -> dict[str, str] | None:
@@ -159,7 +191,9 @@ def _verdict(host: Host, m: ModelConfig, cov: coverage.Coverage, entry: dict[str
     pid, lm, fp = server
     used, dead = entry["used_bytes"], entry["dead_bytes"]
     if not cov.wrapper_loaded:
-        return "wrapper not loaded"
+        without = [str(p["pid"]) for p in entry["processes"] if not p["wrapper_loaded"]]
+        return "wrapper not loaded" + (f" (pid {', '.join(without)})"
+                                       if len(entry["processes"]) > 1 else "")
     if cov.filling:
         return "loading into huge pages"
     if cov.fallback_bytes > used * 0.01:
@@ -312,6 +346,17 @@ def render(data: dict[str, Any]) -> str:
                      f"{_fmt(m['pid']):>7} {units.human_bytes(m['model_bytes']):>10} "
                      f"{_bytes(m['hugetlb_bytes']):>10} {_bytes(m['fallback_bytes']):>10} "
                      f"{cover:>6} {page:>5} {wrapper:<8} {m['verdict']}")
+        procs_ = m.get("processes") or []
+        if len(procs_) > 1 or (procs_ and procs_[0]["pid"] != m.get("main_pid")
+                               and m.get("main_pid")):
+            for p in procs_:
+                cov = f"{p['coverage'] * 100:.1f}%" if p["coverage"] is not None else "-"
+                lines.append(f"  process {p['pid']} ({p['comm'] or '?'}"
+                             + (", the unit's main process" if p["pid"] == m.get("main_pid")
+                                else f", main process {m.get('main_pid')}") + "): "
+                             f"{_bytes(p['hugetlb_bytes'])} huge, {_bytes(p['fallback_bytes'])} "
+                             f"4 KiB, {cov} covered, wrapper "
+                             f"{'yes' if p['wrapper_loaded'] else 'no'}")
         if m["hugetlb_bytes"] is not None:
             lines.append(f"  huge pages: {_bytes(m['hugetlb_alloc_bytes'])} allocations, "
                          f"{_bytes(m['hugetlb_file_bytes'])} file copy, "
@@ -326,7 +371,8 @@ def render(data: dict[str, Any]) -> str:
             lines.append(f"    evidence: {lm['evidence']}")
         pc = m.get("page_cache_bytes")
         share = pc / m["model_bytes"] * 100 if pc is not None and m["model_bytes"] else 0.0
-        lines.append("  page cache: " + ("cannot be measured by this user (run as root)"
+        lines.append("  page cache: " + ("unknown (the kernel tells it only to the file's "
+                                         "owner, a writer, or root; run as root)"
                                          if pc is None else
                                          f"{units.human_bytes(pc)} of the model file "
                                          f"({share:.0f}%)"))

@@ -26,6 +26,7 @@ class UnitState:
     active_state: str
     sub_state: str
     main_pid: int
+    control_group: str = ""  # the unit's cgroup below the hierarchy's root
 
 
 SYSTEM_BUS_SOCKET = "/run/dbus/system_bus_socket"
@@ -82,8 +83,10 @@ class Systemd:
     def state(self, unit: str) -> UnitState:
         try:
             obj = self.bus.get(SYSTEMD, self.manager.LoadUnit(unit))
-            main_pid = int(obj.MainPID) if unit.endswith(".service") else 0
+            service = unit.endswith(".service")
+            main_pid = int(obj.MainPID) if service else 0
+            group = str(obj.ControlGroup) if service else ""
             return UnitState(unit, str(obj.LoadState), str(obj.ActiveState), str(obj.SubState),
-                             main_pid)
+                             main_pid, group)
         except Exception as e:
             raise SystemdError(f"cannot read the state of {unit}: {e}") from e

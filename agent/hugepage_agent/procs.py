@@ -1,0 +1,53 @@
+"""The processes that serve a model: every process in its unit's cgroup.
+
+A unit's main process is not always the server: a supervisor (ollama runs
+llama-server as a child, passing its environment on), a shell wrapper, or a
+container runtime's monitor (podman's conmon) starts it. So the servers are
+found in the unit's control group (systemd's ControlGroup property), its
+sub-groups included, on the unified hierarchy (cgroup v2, or its hybrid mount
+at /sys/fs/cgroup/unified) or else systemd's own v1 hierarchy.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hugepage_agent.errors import HostError
+from hugepage_agent.host import Host
+
+CGROUP_MOUNTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/sys/fs/cgroup/systemd")
+MAX_PIDS = 4096
+
+
+def parse_procs(text: str) -> list[int]:
+    return [int(w) for w in text.split() if w.isdigit()]
+
+
+def cgroup_pids(host: Host, control_group: str) -> list[int]:
+    """The pids in a control group and every group below it, sorted; [] when
+    the group cannot be found or read."""
+    if not control_group.startswith("/") or ".." in control_group.split("/"):
+        return []
+    for base in CGROUP_MOUNTS:
+        top = f"{base}{control_group.rstrip('/')}"
+        if not host.exists(f"{top}/cgroup.procs"):
+            continue
+        pids: set[int] = set()
+        for dirpath, _, files in os.walk(host.path(top)):
+            if "cgroup.procs" in files:
+                try:
+                    with open(os.path.join(dirpath, "cgroup.procs"), encoding="ascii") as f:
+                        pids.update(parse_procs(f.read()))
+                except (OSError, UnicodeDecodeError):
+                    continue
+            if len(pids) > MAX_PIDS:
+                break
+        return sorted(pids)
+    return []
+
+
+def comm(host: Host, pid: int) -> str:
+    try:
+        return (host.read_optional(f"/proc/{pid}/comm") or "").strip()
+    except HostError:  # another user's
+        return ""
