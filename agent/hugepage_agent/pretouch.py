@@ -71,7 +71,7 @@ def virtual_machine(host: Host) -> str | None:
     """What says this is a virtual machine, or None."""
     cpuinfo = host.read_optional("/proc/cpuinfo") or ""
     for line in cpuinfo.splitlines():
-        if line.startswith("flags") and " hypervisor" in f" {line.split(':', 1)[-1]} ":
+        if line.startswith("flags") and "hypervisor" in line.split(":", 1)[-1].split():
             return "the CPU flag hypervisor"
     kind = (host.read_optional("/sys/hypervisor/type") or "").strip()
     if kind:
@@ -179,6 +179,8 @@ def after_reserve(host: Host, setting: str, page_kb: int,
     state = pools.read_pool(host, page_kb)
     available = max(0, state.free - (state.reserved or 0))
     plan = [(None, available)] if first else [(n, g) for n, g in gains if g > 0]
+    if not any(count for _, count in plan):
+        return Pretouch(0, 0.0, skipped="no pages were added since the last pre-touch")
     touched, failed = 0, None
     for node, count in plan:
         got, why = touch(page_kb, min(count, available - touched), node)
