@@ -77,7 +77,8 @@ def saved_kernel_state() -> Iterator[None]:
     thp = {k: _selected(k.read_text()) for k in _thp_knobs()}
     files = {}
     for f in ("/etc/sysctl.d/80-hugepage-agent.conf", "/etc/tmpfiles.d/80-hugepage-agent.conf",
-              "/run/hugepage-agent/last-apply.json", "/run/hugepage-agent/footprints.json"):
+              "/run/hugepage-agent/last-apply.json", "/run/hugepage-agent/footprints.json",
+              "/run/hugepage-agent/pretouch.json"):
         p = Path(f)
         files[p] = p.read_bytes() if p.exists() else None
     try:

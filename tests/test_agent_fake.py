@@ -415,9 +415,9 @@ def test_servers_are_found_in_the_units_cgroup(tmp_path: Path) -> None:
     heap = "/memfd:hugepage-wrapper-heap (deleted)"
     served = _vma(0x7f1000000000, 262144, heap, Private_Hugetlb=262144) + WRAPPER_VMA
     root, cfg, _ = _server_tree(tmp_path, served)
-    for pid, smaps in ((4343, served), (4000, WRAPPER_VMA)):
+    for pid, smaps in ((4242, served), (4343, served), (4000, WRAPPER_VMA)):
         d = root / f"proc/{pid}"
-        d.mkdir(parents=True)
+        d.mkdir(parents=True, exist_ok=True)
         (d / "smaps").write_text(smaps)
         (d / "comm").write_text("sh\n" if pid == 4000 else "llama-server\n")
     group = root / "sys/fs/cgroup/unified/system.slice/own.service"

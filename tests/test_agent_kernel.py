@@ -185,3 +185,32 @@ def test_release_gives_the_pool_back_and_removes_persistence(kernel_state: None,
     assert read_int(NR) == 0
     assert not Path("/etc/sysctl.d/80-hugepage-agent.conf").exists()
     assert "released" in r.stdout and "removed /etc/sysctl.d/80-hugepage-agent.conf" in r.stdout
+
+
+def test_pretouch_touches_what_a_reservation_adds_and_says_so(kernel_state: None,
+                                                              tmp_path: Path) -> None:
+    """reserve.pretouch: after the pool grows, the pages it gained are touched
+    once (mapped, populated, released: the pool is whole again), with the time
+    in the report and in last_apply; nothing when nothing was added; never when
+    set so. Whether the host backed the pages cannot be seen from inside the
+    guest: bench.ready_time shows what it saves."""
+    set_pool(2048, 0)
+    text = "[thp]\nenabled = \"keep\"\ndefrag = \"keep\"\n[reserve]\npretouch = \"always\"\n"
+    cfg = config(tmp_path, "[pool]\nsize = 50\n" + text)
+    r = agent("apply", "--config", cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "  pre-touched 50 pages in " in r.stdout, r.stdout
+    assert "pre-touched 50 pages" in r.stderr  # the journal's line
+    last = json.loads(Path("/run/hugepage-agent/last-apply.json").read_text())
+    assert last["pretouch"]["pages"] == 50 and last["pretouch"]["failed"] is None
+    assert free_pages(2048) == 50  # every touched page back in the pool
+    r = agent("apply", "--config", cfg)
+    assert "pre-touch: skipped (no pages were added" in r.stdout, r.stdout
+    cfg = config(tmp_path, "[pool]\nsize = 80\n" + text)
+    r = agent("apply", "--config", cfg)
+    assert "  pre-touched 30 pages in " in r.stdout and free_pages(2048) == 80, r.stdout
+    cfg = config(tmp_path, "[pool]\nsize = 90\n" + text.replace("always", "never"))
+    r = agent("apply", "--config", cfg)
+    assert "pre-touch: skipped (reserve.pretouch = never)" in r.stdout, r.stdout
+    s = agent("status", "--config", cfg)
+    assert "last apply: 90 of 90 pages" in s.stdout

@@ -270,3 +270,26 @@ def test_a_refused_measurement_is_unknown_not_a_crash(tmp_path: Path,
     monkeypatch.setattr(pagecache, "_mincore", refused)
     assert pagecache.residency(str(f)) is None
     assert pagecache.residency(str(tmp_path / "missing")) is None
+
+
+def test_a_virtual_machine_is_recognised(tmp_path: Path) -> None:
+    from hugepage_agent import pretouch
+
+    def host(cpuinfo: str, vendor: str = "") -> Host:
+        root = tmp_path / f"h{len(list(tmp_path.iterdir()))}"
+        (root / "proc").mkdir(parents=True)
+        (root / "proc/cpuinfo").write_text(cpuinfo)
+        if vendor:
+            (root / "sys/class/dmi/id").mkdir(parents=True)
+            (root / "sys/class/dmi/id/sys_vendor").write_text(vendor + "\n")
+        return Host(root)
+
+    assert pretouch.virtual_machine(host("flags\t\t: fpu sse2 hypervisor avx2\n")) == \
+        "the CPU flag hypervisor"
+    assert pretouch.virtual_machine(host("flags\t\t: fpu sse2\n", "QEMU")) == \
+        "the DMI vendor is QEMU"
+    assert pretouch.virtual_machine(host("flags\t\t: fpu sse2 hypervisorx\n",
+                                         "Dell Inc.")) is None
+    skipped = pretouch.after_reserve(host("flags\t\t: fpu\n"), "auto", 2048, [(None, 10)])
+    assert skipped.pages == 0 and skipped.skipped is not None
+    assert "not the running kernel" in skipped.skipped
