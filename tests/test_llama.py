@@ -186,6 +186,32 @@ def drop_cache(path: Path) -> None:
         os.close(fd)
 
 
+def test_a_warm_model_with_nothing_to_repack_is_mapped_and_copied(
+        pool: None, llama: Path, tmp_path: Path) -> None:
+    """F16: llama.cpp repacks nothing, so a cached file is mapped (--load-mode
+    mmap) and the wrapper copies it into huge pages with its threads, dropping
+    what it read: no dead copy, nothing left in the page cache."""
+    f16 = ggufmodel.cached(shape("F16"))
+    expected = plain_tokens(llama, f16, tmp_path)
+    cfg = config(tmp_path, llama, f16, extra='[wrapper]\nmin_size = "64M"\n')
+    assert agent("apply", "--config", str(cfg)).returncode == 0
+    f16.read_bytes()
+    with Server(llama, f16, tmp_path / "f16.log", wrap=exec_prefix(cfg), args=ARGS) as srv:
+        srv.wait_ready()
+        assert srv.complete(PROMPT)["tokens"] == expected
+        mem = memory(srv.pid, f16)
+        cmdline = Path(f"/proc/{srv.pid}/cmdline").read_bytes().split(b"\0")
+        after = cached_bytes(f16)
+        rc, data = status(cfg)
+    assert cmdline[cmdline.index(b"--load-mode") + 1] == b"mmap", cmdline
+    assert mem["file_copy"] >= 0.95 * f16.stat().st_size, mem
+    assert mem["huge"] / (mem["huge"] + mem["small_pages"]) >= 0.99, mem
+    assert after <= 0.05 * f16.stat().st_size, after
+    m = data["models"][0]
+    assert rc == 0 and m["verdict"] == "loaded" and m["dead_bytes"] == 0, data["problems"]
+    assert m["load_mode"]["at_start"]["mode"] == "mmap"
+
+
 @pytest.mark.parametrize("page_cache", ["drop", "keep"])
 def test_a_warm_start_reads_from_memory_and_keeps_no_second_copy(
         pool: None, llama: Path, q4_model: Path, tmp_path: Path, page_cache: str) -> None:

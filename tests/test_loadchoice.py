@@ -44,6 +44,20 @@ def test_the_choice_follows_the_page_cache(cached: int, page_cache: str, mode: s
     assert f"{cached}%" in c.why
 
 
+def test_a_model_with_nothing_to_repack_is_mapped_when_cached() -> None:
+    """F16 (nothing repacked), large enough for the wrapper to copy: a cached
+    file is mapped and copied by the wrapper's threads, which drop what they
+    read (no fclose drop needed); cold, direct I/O as for any model."""
+    mapped = loadmode.LoadMode("auto", "agent", ("--load-mode", "dio"),
+                               cached=("--load-mode", "mmap"))
+    assert mapped.cached_mode == "mmap" and mapped.heap
+    c = loadmode.at_start(mapped, Residency(100 * MIB, 100 * MIB), "drop")
+    assert c.args == ("--load-mode", "mmap") and not c.drop_after and not c.drop_before
+    assert "copied into huge pages" in c.why
+    assert loadmode.at_start(mapped, Residency(100 * MIB, 0), "drop").mode == "dio"
+    assert loadmode.at_start(mapped, None, "keep").args == ("--load-mode", "mmap")
+
+
 def test_an_unmeasured_cache_reads_direct_and_fixed_modes_stay() -> None:
     c = loadmode.at_start(AUTO, None, "drop")
     assert c.mode == "dio" and "could not be measured" in c.why and not c.drop_after

@@ -120,6 +120,11 @@ def test_page_cache_dropped_after_load(pool: int, data: Path) -> None:
     r, _ = run_map(data, 0, FILE_SIZE)
     assert_in_huge_pages(r, data, FILE_SIZE)
     assert int(r["cache_after_map_kb"]) * 1024 < FILE_SIZE // 100
+    # server.page_cache = "keep": the copy leaves the file in the page cache
+    data.read_bytes()
+    r, _ = run_map(data, 0, FILE_SIZE, env={"HUGEPAGE_WRAPPER_KEEP_CACHE": "1"})
+    assert_in_huge_pages(r, data, FILE_SIZE)
+    assert int(r["cache_after_map_kb"]) * 1024 > FILE_SIZE * 0.95
 
 
 def test_file_mapping_without_wrapper_is_not_hugetlb(data: Path) -> None:

@@ -72,7 +72,8 @@ def apply(host: Host, cfg: Config, dry_run: bool = False) -> ApplyReport:
     for m in cfg.models:
         if m.unit is not None:
             continue  # an operator's own unit runs its own command line
-        lm = loadmode.resolve(cfg.server.load_mode, cfg.server.binary, m.args)
+        lm = footprint.load_mode(cfg.server.load_mode, cfg.server.binary, m.path, m.args,
+                                 cfg.wrapper.min_size)
         modes.append((m.name, lm))
         if lm.chosen_by == "operator" and not lm.heap:
             log.warning("model %s: its args choose load mode %s: %s", m.name, lm.mode, lm.note)

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from hugepage_agent import loadmode, modelstart
+from hugepage_agent import footprint, loadmode, modelstart
 from hugepage_agent.config import DEFAULT_LIBRARY, Config
 from hugepage_agent.errors import AgentError, ConfigError
 
@@ -47,6 +47,8 @@ def wrapper_env(cfg: Config, library: str) -> dict[str, str]:
         "HUGEPAGE_WRAPPER_PAGE_SIZE": w.page_size,
         "HUGEPAGE_WRAPPER_STRICT": "1" if w.strict else "0",
         "HUGEPAGE_WRAPPER_LOG": w.log,
+        # a file copy leaves what it read in the page cache only when asked to
+        "HUGEPAGE_WRAPPER_KEEP_CACHE": "1" if cfg.server.page_cache == "keep" else "0",
     }
     if w.threads:
         env["HUGEPAGE_WRAPPER_THREADS"] = str(w.threads)
@@ -70,8 +72,10 @@ def exec_command(cfg: Config, argv: Sequence[str]) -> NoReturn:
     if loadmode.is_llama_server(argv[0]):
         # as for the model units: weights into huge page heap buffers, unless chosen
         binary = shutil.which(argv[0]) or argv[0]
-        lm = loadmode.resolve(cfg.server.load_mode, binary, argv[1:])
         path = modelstart.model_path_in(argv[1:])
+        lm = (footprint.load_mode(cfg.server.load_mode, binary, path, argv[1:],
+                                  cfg.wrapper.min_size) if path is not None else
+              loadmode.resolve(cfg.server.load_mode, binary, argv[1:]))
         if path is not None:
             choice = modelstart.choose(lm, path, cfg.server.page_cache)
             argv[1:1] = choice.args

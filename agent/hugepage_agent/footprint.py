@@ -199,13 +199,28 @@ def llama_projection(server: str, path: str, args: Sequence[str]) -> tuple[int, 
     return None
 
 
+def load_mode(configured: str, binary: str, path: str, args: Sequence[str],
+              min_size: int) -> loadmode.LoadMode:
+    """The load mode of a model's server, knowing the model: a file llama.cpp
+    repacks nothing of (F16, or --no-repack), large enough for the wrapper to
+    copy, is best mapped when cached (loadmode.resolve's mapped_ok)."""
+    mapped_ok = False
+    try:
+        size = os.stat(path).st_size
+        mapped_ok = size >= min_size and (not repack_on(args) or
+                                          header(path).repacked_bytes == 0)
+    except (OSError, gguf.GGUFError):
+        pass
+    return loadmode.resolve(configured, binary, args, mapped_ok)
+
+
 def project(path: str, args: Sequence[str], server: str, configured_mode: str, *,
             min_size: int, alloc_min: int, use_llama: bool = True) -> Footprint:
     """Raises gguf.GGUFError for a file that is not a GGUF model, OSError for
     one that cannot be read. `min_size`: the smallest file mapping the wrapper
     copies; `alloc_min`: the smallest allocation it serves."""
     model = header(path)
-    lm = loadmode.resolve(configured_mode, server, args)
+    lm = load_mode(configured_mode, server, path, args, min_size)
     repacked = model.repacked_bytes if repack_on(args) else 0
     kv = context_cells(model, args) * model.kv_bytes_per_cell(
         (_arg(args, "-ctk", "--cache-type-k") or "f16").lower(),
@@ -219,6 +234,8 @@ def project(path: str, args: Sequence[str], server: str, configured_mode: str, *
     meta = max(1024, 8 * len(model.tensors)) * SCHED_BYTES_PER_NODE
     if lm.heap:
         weights, file_copy, dead = model.weight_bytes, 0, 0
+        if lm.cached_mode == "mmap":  # a cached start copies the whole file
+            weights = max(weights, os.stat(path).st_size)
         # a repacked tensor is read into a buffer of its size, through a staging buffer
         staging = (min(DIO_STAGING, model.largest_repacked)
                    if lm.mode == "dio" or lm.cached is not None else 0)

@@ -56,9 +56,10 @@ NOTES = {
     "mlock": "weights read into heap buffers served from huge pages",
     "auto": "llama.cpp's auto: it maps the model file (see mmap)",
 }
-AGENT_AUTO_NOTE = ("chosen at each start: a buffered read (none) when at least half of the "
-                   "model file is in the page cache, else direct I/O (dio); weights in heap "
-                   "buffers served from huge pages")
+AGENT_AUTO_NOTE = ("chosen at each start: when at least half of the model file is in the "
+                   "page cache, a buffered read (none), or a mapping the wrapper copies "
+                   "(mmap) for a model llama.cpp repacks nothing of; else direct I/O (dio); "
+                   "the weights in huge pages, no dead copy")
 ENV_CHOICE = "HUGEPAGE_AGENT_LOAD"  # in the server's environment: what was chosen, and why
 
 
@@ -79,6 +80,14 @@ class LoadMode:
     @property
     def heap(self) -> bool:
         return self.mode in HEAP_MODES or self.cached is not None
+
+    @property
+    def cached_mode(self) -> str | None:
+        """auto: how a cached file is read (none, or mmap for a model with
+        nothing to repack, which the wrapper copies in parallel)."""
+        if self.cached is None:
+            return None
+        return "none" if "none" in self.cached or "--no-mmap" in self.cached else "mmap"
 
     def to_json(self) -> dict[str, object]:
         return {"mode": self.mode, "chosen_by": self.chosen_by, "note": self.note,
@@ -143,9 +152,13 @@ def _find(binary: str, size: int, mtime_ns: int, option: str) -> tuple[bool, str
     return False, f"{option} not found in {where}"
 
 
-def resolve(configured: str, binary: str, args: Sequence[str]) -> LoadMode:
+def resolve(configured: str, binary: str, args: Sequence[str],
+            mapped_ok: bool = False) -> LoadMode:
     """What a server will run with: the operator's choice, else the configured
-    `server.load_mode` (auto: chosen at each start; keep: llama.cpp's default)."""
+    `server.load_mode` (auto: chosen at each start; keep: llama.cpp's default).
+    `mapped_ok`: llama.cpp repacks none of the model's weights and the wrapper
+    copies a mapping of its size, so that a cached file is best mapped (no dead
+    copy; the wrapper's parallel copy is faster than llama.cpp's buffered read)."""
     own = operator_choice(args)
     if own is not None:
         return LoadMode(own, "operator", (), evidence="the model's args")
@@ -155,14 +168,16 @@ def resolve(configured: str, binary: str, args: Sequence[str]) -> LoadMode:
     if has_mode:
         if configured == AUTO:
             return LoadMode(AUTO, "agent", ("--load-mode", "dio"),
-                            cached=("--load-mode", "none"), evidence=evidence)
+                            cached=("--load-mode", "mmap" if mapped_ok else "none"),
+                            evidence=evidence)
         return LoadMode(configured, "agent", ("--load-mode", configured), evidence=evidence)
     # an older llama.cpp: its own flags for the same
     has_dio, dio_evidence = find_option(binary, "--direct-io")
     has_nommap, nommap_evidence = find_option(binary, "--no-mmap")
     if configured in ("dio", AUTO) and has_dio:
         if configured == AUTO and has_nommap:
-            return LoadMode(AUTO, "agent", ("--direct-io",), cached=("--no-mmap",),
+            return LoadMode(AUTO, "agent", ("--direct-io",),
+                            cached=() if mapped_ok else ("--no-mmap",),
                             evidence=f"{evidence}; {dio_evidence}")
         return LoadMode("dio", "agent", ("--direct-io",), evidence=f"{evidence}; {dio_evidence}")
     if has_nommap:
@@ -200,20 +215,24 @@ def at_start(lm: LoadMode, res: Residency | None, page_cache: str) -> StartChoic
                "llama.cpp": "llama.cpp's default"}.get(lm.chosen_by, lm.chosen_by)
         return StartChoice(lm.added, mode, why, drop_before=drop and mode == "dio",
                            drop_after=drop and mode == "none")
-    cached_mode = "none"  # --load-mode none, or --no-mmap
+    cached_mode = lm.cached_mode or "none"
+    # a buffered read is dropped by the wrapper at fclose; a mapping's copy drops
+    # what it read itself
+    how = ("a buffered read from memory, the file dropped from the page cache after the load"
+           if cached_mode == "none" else
+           "the mapped file copied into huge pages from memory by the wrapper's threads, "
+           "and dropped from the page cache")
     if not drop:
         return StartChoice(lm.cached, cached_mode,
-                           "server.page_cache = keep: a buffered read, the file kept in the "
-                           "page cache for the next start" + (f" ({_share(res)})" if res else ""),
+                           "server.page_cache = keep: read through the page cache, the file "
+                           "kept there for the next start" + (f" ({_share(res)})" if res else ""),
                            drop_before=False, drop_after=False)
     if res is None:
         return StartChoice(lm.added, "dio", "the page cache could not be measured: direct I/O",
                            drop_before=False, drop_after=False)
     if res.share >= CACHED_SHARE:
-        return StartChoice(lm.cached, cached_mode,
-                           f"{_share(res)}: a buffered read from memory, the file dropped "
-                           "from the page cache after the load", drop_before=False,
-                           drop_after=True)
+        return StartChoice(lm.cached, cached_mode, f"{_share(res)}: {how}", drop_before=False,
+                           drop_after=cached_mode == "none")
     return StartChoice(lm.added, "dio", f"{_share(res)}: direct I/O from the disk",
                        drop_before=res.cached > 0, drop_after=False)
 

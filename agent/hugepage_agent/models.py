@@ -8,7 +8,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from hugepage_agent import loadmode, serveruser, unitfiles
+from hugepage_agent import footprint, serveruser, unitfiles
 from hugepage_agent.config import DEFAULT_TEXTFILE_DIR, Config
 from hugepage_agent.errors import ConfigError
 from hugepage_agent.execwrap import wrapper_env
@@ -52,7 +52,8 @@ def render_all(cfg: Config, library: str) -> dict[str, str]:
             raise ConfigError(cfg.origin("wrapper.library"), f"model[{i}]",
                               f"cannot be written into a unit file: {e}") from e
         if m.unit is None:
-            lm = loadmode.resolve(cfg.server.load_mode, cfg.server.binary, m.args)
+            lm = footprint.load_mode(cfg.server.load_mode, cfg.server.binary, m.path, m.args,
+                                     cfg.wrapper.min_size)
             out[unitfiles.model_file(m.name)] = unitfiles.render_model_file(
                 m, cfg.server.binary, lm, cfg.server.page_cache)
     try:

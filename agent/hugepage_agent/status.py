@@ -63,7 +63,8 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
                  problems: list[str]) -> dict[str, Any]:
     systemd, fp = ctx
     unit = unitfiles.unit_for(m)
-    lm = loadmode.resolve(cfg.server.load_mode, cfg.server.binary, m.args) \
+    lm = footprint.load_mode(cfg.server.load_mode, cfg.server.binary, m.path, m.args,
+                             cfg.wrapper.min_size) \
         if m.unit is None else loadmode.LoadMode("unknown", "operator's unit", (),
                                                  evidence="the unit's own ExecStart=")
     res = pagecache.residency(m.path)

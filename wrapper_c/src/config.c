@@ -105,6 +105,14 @@ void hpw_config_load(void)
         else
             invalid("HUGEPAGE_WRAPPER_STRICT", v, "0 or 1");
     }
+    if ((v = secure_getenv("HUGEPAGE_WRAPPER_KEEP_CACHE")) != NULL && *v != '\0') {
+        if (strcmp(v, "1") == 0)
+            hpw_cfg.keep_cache = 1;
+        else if (strcmp(v, "0") == 0)
+            hpw_cfg.keep_cache = 0;
+        else
+            invalid("HUGEPAGE_WRAPPER_KEEP_CACHE", v, "0 or 1");
+    }
     if ((v = secure_getenv("HUGEPAGE_WRAPPER_THREADS")) != NULL && *v != '\0') {
         char *end = NULL;
         errno = 0;

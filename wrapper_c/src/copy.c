@@ -112,7 +112,7 @@ static void *worker(void *arg)
             fail(j, err, "read");
             break;
         }
-        if (!j->direct)
+        if (!j->direct && !hpw_cfg.keep_cache)
             posix_fadvise(fd, j->offset + (off_t)start, (off_t)must, POSIX_FADV_DONTNEED);
     }
     if (fd != j->fd)

@@ -26,6 +26,7 @@ struct hpw_config {
     int strict;                 /* fail with ENOMEM instead of falling back */
     enum hpw_log_level log;
     unsigned threads;           /* reader threads, 0 = automatic */
+    int keep_cache;             /* leave what a copy read in the page cache */
 };
 
 /* config.c: environment parsing (invalid values are reported once, default kept). */
