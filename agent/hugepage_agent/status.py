@@ -98,11 +98,8 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
         return entry
     cov = coverage.combine(readable)
     entry["processes"] = [_process_entry(host, p, c, fp) for p, c in servers if c is not None]
-    # a file copy in huge pages: the weights llama.cpp repacked are read no more
-    dead = min(cov.file_hugetlb_bytes, fp.repacked) if fp is not None else 0
-    live = cov.hugetlb_bytes - dead
-    used = live + cov.fallback_bytes
-    share = live / used if used else 0.0
+    dead, used, covered = _figures(cov, fp)
+    share = covered or 0.0
     entry.update(hugetlb_bytes=cov.hugetlb_bytes, hugetlb_file_bytes=cov.file_hugetlb_bytes,
                  hugetlb_alloc_bytes=cov.heap_hugetlb_bytes, fallback_bytes=cov.fallback_bytes,
                  dead_bytes=dead, used_bytes=used, coverage=round(min(share, 1.0), 4),
@@ -115,16 +112,25 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
     return entry
 
 
-def _process_entry(host: Host, pid: int, cov: coverage.Coverage,
-                   fp: footprint.Footprint | None) -> dict[str, Any]:
+def _figures(cov: coverage.Coverage,
+             fp: footprint.Footprint | None) -> tuple[int, int, float | None]:
+    """(dead bytes, used bytes, the share of used in huge pages; None when
+    nothing is used) of one server's memory, or of several summed."""
+    # a file copy in huge pages: the weights llama.cpp repacked are read no more
     dead = min(cov.file_hugetlb_bytes, fp.repacked) if fp is not None else 0
     live = cov.hugetlb_bytes - dead
     used = live + cov.fallback_bytes
+    return dead, used, (live / used if used else None)
+
+
+def _process_entry(host: Host, pid: int, cov: coverage.Coverage,
+                   fp: footprint.Footprint | None) -> dict[str, Any]:
+    dead, used, share = _figures(cov, fp)
     return {"pid": pid, "comm": procs.comm(host, pid), "wrapper_loaded": cov.wrapper_loaded,
             "hugetlb_bytes": cov.hugetlb_bytes, "hugetlb_file_bytes": cov.file_hugetlb_bytes,
             "hugetlb_alloc_bytes": cov.heap_hugetlb_bytes, "fallback_bytes": cov.fallback_bytes,
             "dead_bytes": dead, "used_bytes": used,
-            "coverage": round(min(live / used, 1.0), 4) if used else None}
+            "coverage": round(min(share, 1.0), 4) if share is not None else None}
 
 
 def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: dict[str, Any],
@@ -147,14 +153,14 @@ def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: di
         except SystemdError as e:
             entry["verdict"] = f"unknown: {e}"
     pids = procs.cgroup_pids(host, group) if group else []
-    if pids:
-        covs = [(p, coverage.read_coverage(host, p, m.path, large)) for p in pids]
-        for keep in (coverage.large, lambda c: c.wrapper_loaded):
-            found = [(p, c) for p, c in covs if c is not None and keep(c)]
-            if found:
-                return sorted(found, key=lambda pc: (pc[0] != pid, pc[0]))
-    if pid:
-        return [(pid, coverage.read_coverage(host, pid, m.path, large))]
+    covs = {p: coverage.read_coverage(host, p, m.path, large) for p in pids}
+    for keep in (coverage.large, lambda c: c.wrapper_loaded):
+        found = [(p, c) for p, c in covs.items() if c is not None and keep(c)]
+        if found:
+            return sorted(found, key=lambda pc: (pc[0] != pid, pc[0]))
+    if pid:  # its smaps read once, in the cgroup or here
+        return [(pid, covs[pid] if pid in covs else
+                 coverage.read_coverage(host, pid, m.path, large))]
     # no unit running it (or no systemd): a process started another way, e.g. exec
     holders = coverage.pids_holding(host, m.path)
     if not holders:
