@@ -55,7 +55,9 @@ def datadir(tmp_path_factory: pytest.TempPathFactory, wrapper_build: Path) -> Pa
 
 @pytest.fixture(scope="module")
 def data(datadir: Path) -> Path:
-    return mkfile(datadir / "model.gguf", FILE_SIZE)
+    f = mkfile(datadir / "model.gguf", FILE_SIZE)
+    os.sync()  # dirty pages cannot be dropped: the page cache tests need it written back
+    return f
 
 
 @pytest.fixture
