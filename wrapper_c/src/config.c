@@ -56,6 +56,20 @@ static void invalid(const char *name, const char *value, const char *expected)
             name, value, expected);
 }
 
+/* A 0/1 setting: unset or empty keeps the default. */
+static void load_flag(const char *name, int *flag)
+{
+    const char *v = secure_getenv(name);
+    if (v == NULL || *v == '\0')
+        return;
+    if (strcmp(v, "1") == 0)
+        *flag = 1;
+    else if (strcmp(v, "0") == 0)
+        *flag = 0;
+    else
+        invalid(name, v, "0 or 1");
+}
+
 void hpw_config_load(void)
 {
     const char *v;
@@ -97,22 +111,8 @@ void hpw_config_load(void)
         else
             invalid("HUGEPAGE_WRAPPER_PAGE_SIZE", v, "2M, 1G or auto");
     }
-    if ((v = secure_getenv("HUGEPAGE_WRAPPER_STRICT")) != NULL && *v != '\0') {
-        if (strcmp(v, "1") == 0)
-            hpw_cfg.strict = 1;
-        else if (strcmp(v, "0") == 0)
-            hpw_cfg.strict = 0;
-        else
-            invalid("HUGEPAGE_WRAPPER_STRICT", v, "0 or 1");
-    }
-    if ((v = secure_getenv("HUGEPAGE_WRAPPER_KEEP_CACHE")) != NULL && *v != '\0') {
-        if (strcmp(v, "1") == 0)
-            hpw_cfg.keep_cache = 1;
-        else if (strcmp(v, "0") == 0)
-            hpw_cfg.keep_cache = 0;
-        else
-            invalid("HUGEPAGE_WRAPPER_KEEP_CACHE", v, "0 or 1");
-    }
+    load_flag("HUGEPAGE_WRAPPER_STRICT", &hpw_cfg.strict);
+    load_flag("HUGEPAGE_WRAPPER_KEEP_CACHE", &hpw_cfg.keep_cache);
     if ((v = secure_getenv("HUGEPAGE_WRAPPER_THREADS")) != NULL && *v != '\0') {
         char *end = NULL;
         errno = 0;
