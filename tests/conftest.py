@@ -69,6 +69,13 @@ def _selected(text: str) -> str:
     return text[start + 1:text.find("]")] if start >= 0 else text.strip()
 
 
+def cached_bytes(path: Path) -> int:
+    """A file's page cache, by util-linux's fincore (independently of the agent)."""
+    out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(path)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    return int(out[0])
+
+
 @contextlib.contextmanager
 def saved_kernel_state() -> Iterator[None]:
     """Saves and restores the pools, THP knobs and the agent's persistence files."""

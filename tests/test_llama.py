@@ -21,7 +21,14 @@ from typing import Any
 import pytest
 
 from tests import ggufmodel
-from tests.conftest import IS_ROOT, free_pages, memfd_hugetlb_bytes, read_int, set_pool
+from tests.conftest import (
+    IS_ROOT,
+    cached_bytes,
+    free_pages,
+    memfd_hugetlb_bytes,
+    read_int,
+    set_pool,
+)
 from tests.container import Container, booted
 from tests.llama import Server, agent_cmd, agent_env, free_port, llama_bin
 
@@ -168,13 +175,6 @@ def test_auto_pool_fits_the_first_start_and_holds_all_large_memory(
     assert m["load_mode"]["at_start"]["mode"] == "dio", m["load_mode"]
     assert m["page_cache_bytes"] <= 0.05 * model.stat().st_size
     assert free_pages(2048) == target  # every page back after exit
-
-
-def cached_bytes(path: Path) -> int:
-    """The file's page cache, by util-linux's fincore (independently of the agent)."""
-    out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(path)], capture_output=True,
-                         text=True, check=True).stdout.split()
-    return int(out[0])
 
 
 def drop_cache(path: Path) -> None:

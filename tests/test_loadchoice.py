@@ -19,7 +19,7 @@ from hugepage_agent import elflibs, loadmode, modelstart, pagecache, unitfiles
 from hugepage_agent.config import ModelConfig
 from hugepage_agent.host import Host
 from hugepage_agent.pagecache import Residency
-from tests.conftest import IS_ROOT, REPO
+from tests.conftest import IS_ROOT, REPO, cached_bytes
 
 LIB = REPO / "wrapper_c" / "build" / "libhugepage-wrapper.so"
 FREADALL = REPO / "wrapper_c" / "build" / "tests" / "freadall"
@@ -130,9 +130,7 @@ def test_ld_so_conf_follows_includes(tmp_path: Path) -> None:
 
 
 def _cached_kb(path: Path) -> int:
-    out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(path)], capture_output=True,
-                         text=True, check=True).stdout.split()
-    return int(out[0]) // 1024
+    return cached_bytes(path) // 1024
 
 
 @pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore")
