@@ -12,12 +12,16 @@ from huge pages. How it reads is chosen at each start (`server.load_mode =
     (`--load-mode none`), the fastest path from memory; when it is done, the
     wrapper drops the whole file from the page cache (`server.page_cache =
     "drop"`): every cached page is then a second copy of weights the server
-    holds in huge pages;
+    holds in huge pages. For a model llama.cpp repacks nothing of (F16),
+    a mapping instead (`--load-mode mmap`): it leaves no dead copy, and the
+    wrapper copies it with its threads, faster than llama.cpp's one-thread
+    read, dropping what it read;
   - otherwise: direct I/O (`--load-mode dio`), which reads the disk at its
     speed and puts nothing in the page cache; what little was cached is
     dropped before the start, since dio does not use it.
-`server.page_cache = "keep"` reads buffered at every start and drops nothing,
-so that restarts find the file in memory, at the cost of that memory.
+`server.page_cache = "keep"` reads through the page cache at every start and
+drops nothing, so that restarts find the file in memory, at the cost of
+that memory.
 
 Which options the server knows is read from its binary and, for a server
 built with shared libraries, from the libraries it loads (elflibs), never by
