@@ -284,13 +284,15 @@ def test_model_files_sync_and_removal(tmp_path: Path, model: Path) -> None:
     assert sorted(first.written) == [
         "/etc/systemd/system/llama-server@a.service.d/50-hugepage-agent.conf",
         "/etc/systemd/system/own-b.service.d/50-hugepage-agent.conf",
-        "/var/lib/hugepage-agent/models/a.json"]
+        "/var/lib/hugepage-agent/models/a.json",
+        "/var/lib/hugepage-agent/models/b.json"]  # what b's start records (startrecord)
     assert not models.sync(host, models.render_all(cfg, str(lib))).changed  # idempotent
     (root / "etc/systemd/system/own-b.service.d/10-mine.conf").write_text("[Service]\n")
     only_a = two.split('[[model]]\nname = "b"', 1)[0]
     cfg = config_mod.load(host, str(write_cfg(tmp_path, only_a)))
     second = models.sync(host, models.render_all(cfg, str(lib)))
-    assert second.removed == ("/etc/systemd/system/own-b.service.d/50-hugepage-agent.conf",)
+    assert sorted(second.removed) == ["/etc/systemd/system/own-b.service.d/50-hugepage-agent.conf",
+                                      "/var/lib/hugepage-agent/models/b.json"]
     assert (root / "etc/systemd/system/own-b.service.d/10-mine.conf").exists()
 
 

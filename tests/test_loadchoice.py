@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hugepage_agent import elflibs, loadmode, modelstart, pagecache, unitfiles
+from hugepage_agent import elflibs, loadmode, modelstart, pagecache, startrecord, unitfiles
 from hugepage_agent.config import ModelConfig
 from hugepage_agent.host import Host
 from hugepage_agent.pagecache import Residency
@@ -188,8 +188,8 @@ def test_prepare_records_the_choice_and_run_model_uses_it(tmp_path: Path) -> Non
     model.read_bytes()  # in the page cache, as the owner sees it
     choice = modelstart.prepare(host, "m")
     assert choice is not None and choice.mode == "none" and choice.drop_after
-    record = json.loads(host.path(modelstart.start_file("m")).read_text())
-    assert record["mode"] == "none" and record["identity"] == modelstart.identity(str(model))
+    record = json.loads(host.path(startrecord.start_file("m")).read_text())
+    assert record["mode"] == "none" and record["identity"] == startrecord.identity(str(model))
     argv, env = modelstart.run_command(host, "m")
     assert argv == ["/usr/bin/llama-server", "--model", str(model), "--load-mode", "none",
                     "-c", "512"]
@@ -207,11 +207,11 @@ def test_prepare_records_the_choice_and_run_model_uses_it(tmp_path: Path) -> Non
 def test_a_record_that_is_old_or_names_other_arguments_is_ignored(tmp_path: Path) -> None:
     host, model = _host_with_model(tmp_path)
     pagecache.drop(str(model))
-    f = host.path(modelstart.start_file("m"))
+    f = host.path(startrecord.start_file("m"))
     f.parent.mkdir(parents=True, exist_ok=True)
     for record in ({"time": time.time() - 3600, "args": ["--load-mode", "none"]},
                    {"time": time.time(), "args": ["--evil"]}):
-        f.write_text(json.dumps({"identity": modelstart.identity(str(model)), "mode": "none",
+        f.write_text(json.dumps({"identity": startrecord.identity(str(model)), "mode": "none",
                                  "why": "x", "drop_after": True, **record}))
         argv, _ = modelstart.run_command(host, "m")
         assert argv[3:5] == ["--load-mode", "dio"], argv

@@ -59,8 +59,22 @@ def test_model_file_round_trips_any_argument() -> None:
         unitfiles.model_argv(json.dumps({"binary": "/x", "model": "/m", "args": [1]}))
 
 
-def test_operator_unit_gets_the_dropin_not_a_model_file() -> None:
+def test_operator_unit_gets_the_dropin_and_a_record_only_model_file() -> None:
     own = ModelConfig(name="x", path="/m", size=1, unit="llama-cpu-0.service")
     assert unitfiles.unit_for(own) == "llama-cpu-0.service"
     assert unitfiles.dropin_path("llama-cpu-0.service").endswith(
         "llama-cpu-0.service.d/50-hugepage-agent.conf")
+    # its start is recorded, as the template's is; run-model has nothing to run
+    text = unitfiles.render_dropin(own, {"LD_PRELOAD": "/l.so"})
+    assert "\nExecStartPre=-+/usr/bin/env -u LD_PRELOAD /usr/bin/hugepage-agent " \
+        "prepare-model x\n" in text
+    mf = unitfiles.parse_model_file(unitfiles.render_own_unit_file(own))
+    assert mf.unit == "llama-cpu-0.service" and mf.model == "/m" and mf.load is None
+    assert "ExecStartPre" not in unitfiles.render_dropin(MODEL, {"LD_PRELOAD": "/l.so"})
+
+
+@pytest.mark.parametrize("value", ["/opt/a b/lib%.so", 'q"t', "back\\slash\\", "%%i", "$X",
+                                   "", "x=y=z"])
+def test_dropin_environment_reads_back_what_render_dropin_wrote(value: str) -> None:
+    env = {"LD_PRELOAD": value, "HUGEPAGE_WRAPPER_STRICT": "1", "B": value + "2"}
+    assert unitfiles.dropin_environment(unitfiles.render_dropin(MODEL, env)) == env

@@ -108,7 +108,10 @@ class ModelConfig:
     args: tuple[str, ...] = ()
     unit: str | None = None  # an operator's own unit instead of llama-server@NAME
     autostart: bool = True
+    restart: str = "on-change"  # or "manual": see RESTART_MODES
 
+
+RESTART_MODES = ("on-change", "manual")
 
 @dataclass(frozen=True)
 class Config:
@@ -141,6 +144,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 _MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "path": str, "args": list, "unit": str, "autostart": bool,
+    "restart": str,
 }
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
                dict: "a table", list: "a list"}
@@ -402,5 +406,9 @@ def _model(file: str, index: int, m: Mapping[str, Any],
         raise ConfigError(file, f"{where}.unit", f"{unit!r} must not be managed: the agent "
                           "would preload its library into it (the agent's own, systemd's, "
                           "D-Bus's and users' units are refused)")
+    restart = m.get("restart", "on-change")
+    if restart not in RESTART_MODES:
+        raise ConfigError(file, f"{where}.restart", f"{restart!r} is not one of "
+                          + ", ".join(f'"{r}"' for r in RESTART_MODES))
     return ModelConfig(name=name, path=path, size=size, args=tuple(args), unit=unit,
-                       autostart=m.get("autostart", True))
+                       autostart=m.get("autostart", True), restart=restart)

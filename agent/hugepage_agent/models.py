@@ -56,6 +56,8 @@ def render_all(cfg: Config, library: str) -> dict[str, str]:
                                      cfg.wrapper.min_size)
             out[unitfiles.model_file(m.name)] = unitfiles.render_model_file(
                 m, cfg.server.binary, lm, cfg.server.page_cache)
+        else:
+            out[unitfiles.model_file(m.name)] = unitfiles.render_own_unit_file(m)
     try:
         agent = render_agent_dropin(cfg)
     except unitfiles.UnsafeValue as e:

@@ -14,34 +14,21 @@ same choice in one step, as whoever runs it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Sequence
 
-from hugepage_agent import config, loadmode, pagecache, unitfiles
+from hugepage_agent import config, loadmode, pagecache, startrecord, unitfiles
 from hugepage_agent.errors import AgentError, HostError
 from hugepage_agent.host import Host
 from hugepage_agent.loadmode import LoadMode, StartChoice
 
 log = logging.getLogger(__name__)
 
-START_DIR = "/run/hugepage-agent/start"
 FRESH_SECONDS = 600.0  # a recorded choice older than this is not this start's
 DROP_ENV = "HUGEPAGE_WRAPPER_DROP_CACHE"
-
-
-def start_file(name: str) -> str:
-    return f"{START_DIR}/{name}.json"
-
-
-def identity(path: str) -> list[int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+identity = startrecord.identity
 
 
 def choose(lm: LoadMode, path: str, page_cache: str) -> StartChoice:
@@ -68,28 +55,29 @@ def read_model_file(host: Host, name: str) -> unitfiles.ModelFile:
 
 
 def prepare(host: Host, name: str) -> StartChoice | None:
-    """What the unit's privileged ExecStartPre runs; None for a model file that
-    leaves the load mode to the server."""
+    """What the unit's privileged ExecStartPre runs: this start's load choice
+    (None for a model file that leaves it to the server, or the operator's own
+    unit), recorded with what the start runs with (startrecord)."""
     mf = read_model_file(host, name)
-    if mf.load is None:
-        return None
-    choice = choose(mf.load, mf.model, mf.page_cache)
-    record = {"time": time.time(), "identity": identity(mf.model), "args": list(choice.args),
-              "mode": choice.mode, "why": choice.why, "drop_after": choice.drop_after}
+    unit = mf.unit or f"llama-server@{name}.service"
+    record = startrecord.make(host, mf, unit, os.environ)
+    choice = None
+    if mf.load is not None:
+        choice = choose(mf.load, mf.model, mf.page_cache)
+        record.update(args=list(choice.args), mode=choice.mode, why=choice.why,
+                      drop_after=choice.drop_after)
     try:
-        host.write_atomic(start_file(name), json.dumps(record) + "\n", mode=0o644)
+        startrecord.write(host, name, record)
     except HostError as e:
-        log.warning("model %s: cannot record this start's load mode (%s); the server "
-                    "measures the page cache itself", name, e)
+        log.warning("model %s: cannot record this start (%s); status cannot tell whether it "
+                    "runs the configuration, and the server measures the page cache itself",
+                    name, e)
     return choice
 
 
 def _recorded(host: Host, name: str, mf: unitfiles.ModelFile) -> StartChoice | None:
-    try:
-        data = json.loads(host.read_optional(start_file(name)) or "null")
-    except (ValueError, HostError):
-        return None
-    if not isinstance(data, dict):
+    data = startrecord.read(host, name)
+    if data is None:
         return None
     try:
         fresh = 0 <= time.time() - float(data["time"]) <= FRESH_SECONDS
@@ -108,6 +96,8 @@ def _recorded(host: Host, name: str, mf: unitfiles.ModelFile) -> StartChoice | N
 def run_command(host: Host, name: str) -> tuple[list[str], dict[str, str]]:
     """What run-model execs: the argv and the environment it adds."""
     mf = read_model_file(host, name)
+    if mf.unit is not None:
+        raise AgentError(f"model {name} is served by its own unit {mf.unit}, not run-model")
     if mf.load is None:
         return mf.argv(), {}
     choice = _recorded(host, name, mf) or choose(mf.load, mf.model, mf.page_cache)

@@ -7,7 +7,6 @@ and renders it for people. Reads only; works without root.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from typing import Any
 
@@ -15,14 +14,15 @@ from hugepage_agent import (
     __version__,
     apply,
     coverage,
+    execwrap,
     footprint,
     journal,
     loadmode,
-    modelstart,
     pagecache,
     persist,
     pools,
     procs,
+    startrecord,
     thp,
     unitfiles,
     units,
@@ -31,7 +31,7 @@ from hugepage_agent.config import Config, ModelConfig
 from hugepage_agent.errors import AgentError, HostError
 from hugepage_agent.host import Host
 from hugepage_agent.plan import Plan
-from hugepage_agent.systemd import Systemd, SystemdError
+from hugepage_agent.systemd import Systemd, SystemdError, UnitState
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ def _pool_entry(p: pools.PoolState, plan: Plan | None) -> dict[str, Any]:
             target = plan.target
         elif plan.per_node:
             target = dict(plan.per_node).get(p.node)
+    held = p.in_use + (p.reserved or 0)  # what no write can take back now
+    above = max(0, p.total - target) if target is not None else None
     return {
         "page_size_kb": p.page_size_kb,
         "node": p.node,
@@ -55,6 +57,11 @@ def _pool_entry(p: pools.PoolState, plan: Plan | None) -> dict[str, Any]:
         "in_use": p.in_use,
         "target": target,
         "shortfall": max(0, target - p.total) if target is not None else None,
+        # above target: held by running servers (the pool shrinks as they free
+        # them), or free (the next apply gives them back)
+        "above_target": above,
+        "above_target_held": min(above, max(0, held - target))
+        if above is not None and target is not None else None,
     }
 
 
@@ -76,10 +83,10 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
         "page_size_kb": None, "wrapper_loaded": None, "file_pmd_bytes": None,
         "load_mode": {**lm.to_json(), "at_start": None},
         "page_cache_bytes": res.cached if res is not None else None,
-        "processes": [], "main_pid": None,
+        "processes": [], "main_pid": None, "restart": m.restart, "restart_pending": None,
         "verdict": "unknown",
     }
-    servers = _find_servers(host, m, systemd, entry, cfg.wrapper.alloc_min_size)
+    servers, unit_state = _find_servers(host, m, systemd, entry, cfg.wrapper.alloc_min_size)
     pid = servers[0][0] if servers else 0
     if pid:
         entry["pid"] = pid
@@ -106,10 +113,32 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
                  page_size_kb=cov.page_size_kb, wrapper_loaded=cov.wrapper_loaded,
                  file_pmd_bytes=cov.file_pmd_bytes)
     entry["verdict"] = _verdict(host, m, cov, entry, (pid, lm, fp))
+    pending = pending_changes(host, cfg, m, unit_state)
+    if pending:
+        entry["restart_pending"] = pending
+        entry["verdict"] = (startrecord.describe(pending) if entry["verdict"] == "loaded"
+                            else f"{entry['verdict']}; {startrecord.describe(pending)}")
     if entry["verdict"] != "loaded":
         problems.append(f"model {m.name}: {entry['verdict']} "
                         f"({share * 100:.1f}% of {units.human_bytes(used)} in huge pages)")
     return entry
+
+
+def pending_changes(host: Host, cfg: Config, m: ModelConfig,
+                    unit_state: UnitState | None) -> list[str]:
+    """What the model's running server was not started with (startrecord);
+    empty when it runs the configuration, or when its start was not recorded."""
+    if unit_state is None or unit_state.active_state not in ("active", "activating",
+                                                             "reloading"):
+        return []
+    record = startrecord.for_invocation(host, m.name, unit_state.invocation_id)
+    if record is None:
+        return []
+    try:
+        wanted = execwrap.wrapper_env(cfg, execwrap.find_library(cfg))
+    except AgentError:
+        wanted = None
+    return startrecord.changes(record, cfg, m, wanted)
 
 
 def _figures(cov: coverage.Coverage,
@@ -133,8 +162,11 @@ def _process_entry(host: Host, pid: int, cov: coverage.Coverage,
             "coverage": round(min(share, 1.0), 4) if share is not None else None}
 
 
+Servers = list[tuple[int, coverage.Coverage | None]]
+
+
 def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: dict[str, Any],
-                  large: int) -> list[tuple[int, coverage.Coverage | None]]:
+                  large: int) -> tuple[Servers, UnitState | None]:
     """The processes that serve the model, with their memory, the first one
     shown as the model's pid: of the processes in the unit's cgroup, those that
     hold large memory (a supervisor that started the server holds none), else
@@ -142,6 +174,7 @@ def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: di
     main process; without a unit, a process holding the model."""
     pid = 0
     group = ""
+    st: UnitState | None = None
     if systemd is not None:
         try:
             st = systemd.state(entry["unit"])
@@ -157,17 +190,17 @@ def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: di
     for keep in (coverage.large, lambda c: c.wrapper_loaded):
         found = [(p, c) for p, c in covs.items() if c is not None and keep(c)]
         if found:
-            return sorted(found, key=lambda pc: (pc[0] != pid, pc[0]))
+            return sorted(found, key=lambda pc: (pc[0] != pid, pc[0])), st
     if pid:  # its smaps read once, in the cgroup or here
         return [(pid, covs[pid] if pid in covs else
-                 coverage.read_coverage(host, pid, m.path, large))]
+                 coverage.read_coverage(host, pid, m.path, large))], st
     # no unit running it (or no systemd): a process started another way, e.g. exec
     holders = coverage.pids_holding(host, m.path)
     if not holders:
-        return []
+        return [], st
     if systemd is None:
         entry.update(active=True, state="running (not a unit)")
-    return [(holders[0], coverage.read_coverage(host, holders[0], m.path, large))]
+    return [(holders[0], coverage.read_coverage(host, holders[0], m.path, large))], st
 
 
 def _start_choice(host: Host, m: ModelConfig, pid: int) -> dict[str, str] | None:
@@ -181,10 +214,9 @@ def _start_choice(host: Host, m: ModelConfig, pid: int) -> dict[str, str] | None
             if key == loadmode.ENV_CHOICE:
                 mode, _, why = value.partition(": ")
                 return {"mode": mode, "why": why}
-    with contextlib.suppress(HostError, ValueError):
-        data = json.loads(host.read_optional(modelstart.start_file(m.name)) or "null")
-        if isinstance(data, dict) and isinstance(data.get("mode"), str):
-            return {"mode": data["mode"], "why": str(data.get("why", ""))}
+    data = startrecord.read(host, m.name)
+    if data is not None and isinstance(data.get("mode"), str):
+        return {"mode": data["mode"], "why": str(data.get("why", ""))}
     with contextlib.suppress(HostError):
         cmd = (host.read_optional(f"/proc/{pid}/cmdline") or "").split("\0")
         chosen = loadmode.operator_choice(cmd)
@@ -245,10 +277,19 @@ def collect(host: Host, cfg: Config | None, cfg_error: str | None = None,
 
     pool_list = [_pool_entry(p, plan) for p in pools.read_pools(host)]
     for p in pool_list:
+        where = f" on node {p['node']}" if p["node"] is not None else ""
         if p["shortfall"]:
-            where = f" on node {p['node']}" if p["node"] is not None else ""
             problems.append(f"{p['page_size_kb']} kB pool{where} is short by "
                             f"{p['shortfall']} pages ({p['total']} of {p['target']})")
+        if p["above_target_held"]:
+            problems.append(f"{p['page_size_kb']} kB pool{where} is shrinking: "
+                            f"{p['above_target_held']} pages above target held by running "
+                            f"servers ({p['total']} of {p['target']})")
+        if p["above_target"] and p["above_target"] > (p["above_target_held"] or 0):
+            free = p["above_target"] - (p["above_target_held"] or 0)
+            problems.append(f"{p['page_size_kb']} kB pool{where} is {free} free pages above "
+                            f"its target ({p['total']} of {p['target']}); the daemon gives "
+                            "them back at its next apply (systemctl reload hugepage-agent)")
 
     state = thp.read_state(host)
     want_enabled = cfg.thp.enabled if cfg else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ class UnitState:
     sub_state: str
     main_pid: int
     control_group: str = ""  # the unit's cgroup below the hierarchy's root
+    invocation_id: str = ""  # this start's id, as $INVOCATION_ID gives it (hex)
+    n_restarts: int = 0  # automatic restarts (Restart=) since the last manual start
 
 
 SYSTEM_BUS_SOCKET = "/run/dbus/system_bus_socket"
@@ -68,6 +71,21 @@ class Systemd:
         except Exception as e:
             raise SystemdError(f"cannot start {unit}: {e}") from e
 
+    def on_job_removed(self, callback: Callable[[str], object]) -> None:
+        """Call callback(unit) whenever a job of a unit finishes (start, stop,
+        restart), from the GLib main loop."""
+        try:
+            self.manager.Subscribe()
+            self.manager.JobRemoved.connect(lambda _id, _job, unit, _result: callback(unit))
+        except Exception as e:
+            raise SystemdError(f"cannot subscribe to systemd's job signals: {e}") from e
+
+    def restart(self, unit: str) -> None:
+        try:
+            self.manager.RestartUnit(unit, "replace")
+        except Exception as e:
+            raise SystemdError(f"cannot restart {unit}: {e}") from e
+
     def stop(self, unit: str, wait: float = 0.0) -> None:
         """Stop a unit; with wait, until it is inactive (its memory given back)."""
         try:
@@ -86,7 +104,9 @@ class Systemd:
             service = unit.endswith(".service")
             main_pid = int(obj.MainPID) if service else 0
             group = str(obj.ControlGroup) if service else ""
+            invocation = bytes(obj.InvocationID or b"").hex()
+            restarts = int(obj.NRestarts) if service else 0
             return UnitState(unit, str(obj.LoadState), str(obj.ActiveState), str(obj.SubState),
-                             main_pid, group)
+                             main_pid, group, invocation, restarts)
         except Exception as e:
             raise SystemdError(f"cannot read the state of {unit}: {e}") from e

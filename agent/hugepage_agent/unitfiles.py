@@ -65,11 +65,44 @@ def header(what: str) -> str:
             "# configured. Change /etc/hugepage-agent/config.toml instead.\n")
 
 
+PREPARE = "/usr/bin/env -u LD_PRELOAD /usr/bin/hugepage-agent prepare-model"
+
+
 def render_dropin(model: ModelConfig, env: dict[str, str]) -> str:
     lines = [header(f"for model {model.name}"), "[Unit]", f"Wants={AGENT_UNIT}",
              f"After={AGENT_UNIT}", "", "[Service]"]
     lines += [environment_line(k, v) for k, v in sorted(env.items())]
+    if model.unit is not None:
+        # the operator's own unit: record what this start runs with (the model
+        # file's identity, these settings), as the template's ExecStartPre does;
+        # "-": a failed record never stops the server. The name is a model name
+        # (letters, digits, '.', '_', '-'): nothing to quote.
+        lines += ["# What this start runs with, for `hugepage-agent status`.",
+                  f"ExecStartPre=-+{PREPARE} {model.name}"]
     return "\n".join(lines) + "\n"
+
+
+_ENV_LINE_RE = re.compile(r'^Environment="((?:[^"\\]|\\.)*)"$')
+
+
+def dropin_environment(text: str) -> dict[str, str]:
+    """The environment a drop-in written by render_dropin sets (quote, undone)."""
+    out = {}
+    for line in text.splitlines():
+        m = _ENV_LINE_RE.match(line)
+        if m is None:
+            continue
+        value = re.sub(r"\\(.)", r"\1", m.group(1)).replace("%%", "%")
+        key, _, val = value.partition("=")
+        out[key] = val
+    return out
+
+
+def render_own_unit_file(model: ModelConfig) -> str:
+    """For a model served by the operator's own unit: what its start records."""
+    data = {"generated_by": f"hugepage-agent {__version__}", "name": model.name,
+            "unit": model.unit, "model": model.path}
+    return json.dumps(data, indent=1) + "\n"
 
 
 def render_model_file(model: ModelConfig, binary: str, load: LoadMode | None = None,
@@ -99,6 +132,8 @@ class ModelFile:
     args: tuple[str, ...]
     load: LoadMode | None  # None: a file written before the choice was made per start
     page_cache: str = "drop"
+    unit: str | None = None  # the operator's own unit serves it: nothing to run
+
 
     def argv(self, added: Sequence[str] = ()) -> list[str]:
         return [self.binary, "--model", self.model, *added, *self.args]
@@ -113,6 +148,10 @@ def parse_model_file(text: str) -> ModelFile:
     data = json.loads(text)
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object")
+    if "unit" in data:
+        if not (isinstance(data["unit"], str) and isinstance(data["model"], str)):
+            raise ValueError("malformed model file")
+        return ModelFile("", data["model"], (), None, unit=data["unit"])
     binary, path, args = data["binary"], data["model"], data["args"]
     if not (isinstance(binary, str) and isinstance(path, str) and _strings(args)):
         raise ValueError("malformed model file")
