@@ -32,7 +32,7 @@ IN_HUGE_PAGES = MODEL_SIZE // (2 * MIB) * 2 * MIB
 NR = Path("/proc/sys/vm/nr_hugepages")
 CONFIG = "/etc/hugepage-agent/config.toml"
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
-HOSTILE_ARGS = ["--port", "8080", "a b", 'quote"d', "it's", "50%", "%i", "$HOME", "${X}",
+HOSTILE_ARGS = ["--port", "8082", "a b", 'quote"d', "it's", "50%", "%i", "$HOME", "${X}",
                 "back\\slash", "new\nline", ""]
 
 
@@ -504,3 +504,148 @@ def test_memory_block_offline_and_back_is_seen(ct: Container) -> None:
              and "memory event" in ct.journal("hugepage-agent.service"),
              what="the daemon to see the memory event")
     assert ct.prop("hugepage-agent.service", "ActiveState") == "active"
+
+
+# -- day two: changes reach the running servers ---------------------------------
+
+TINY = "llama-server@tiny.service"
+
+
+def model_status(ct: Container, name: str) -> tuple[int, dict[str, Any]]:
+    r = ct.run("hugepage-agent", "status", "--json", check=False)
+    return r.returncode, next(m for m in json.loads(r.stdout)["models"] if m["name"] == name)
+
+
+def cmdline(ct: Container, pid: int) -> list[str]:
+    return ct.proc(pid, "cmdline").read_bytes().decode().split("\0")[:-1]
+
+
+def reload(ct: Container) -> subprocess.CompletedProcess[str]:
+    return ct.run("hugepage-agent", "reload", check=False)
+
+
+def serving(ct: Container, unit: str) -> bool:
+    pid = main_pid(ct, unit)
+    return pid > 0 and ct.prop(unit, "ActiveState") == "active" and \
+        b"fakeserver" in ct.proc(pid, "cmdline").read_bytes()
+
+
+def test_a_changed_argument_restarts_the_server_once_healthy(ct: Container) -> None:
+    ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
+    assert reload(ct).returncode == 0
+    wait_for(lambda: serving(ct, TINY), what=lambda: started(ct, TINY))
+    wait_for(lambda: model_status(ct, "tiny")[1]["verdict"] == "loaded",
+             what=lambda: f"{model_status(ct, 'tiny')}")
+    old = main_pid(ct, TINY)
+    ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080", "-c", "8192"])]))
+    try:
+        r = reload(ct)
+        assert r.returncode == 0, r.stdout + r.stderr + ct.journal("hugepage-agent.service")
+        new = main_pid(ct, TINY)
+        assert new != old and cmdline(ct, new)[-2:] == ["-c", "8192"], cmdline(ct, new)
+        log = ct.journal("hugepage-agent.service")
+        assert "model tiny: args changed; restarting llama-server@tiny.service" in log, log
+        assert "model tiny: llama-server@tiny.service is healthy again" in log
+        wait_for(lambda: model_status(ct, "tiny")[1]["verdict"] == "loaded",
+                 what=lambda: f"{model_status(ct, 'tiny')}")
+        assert model_status(ct, "tiny")[1]["restart_pending"] is None
+        # the same configuration again: nothing restarts
+        assert reload(ct).returncode == 0
+        assert main_pid(ct, TINY) == new
+    finally:
+        ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
+        reload(ct)
+
+
+def test_manual_restart_leaves_the_server_and_says_what_is_pending(ct: Container) -> None:
+    manual = config_text([("tiny", ["--port", "8080"])]).replace(
+        'name = "tiny"\n', 'name = "tiny"\nrestart = "manual"\n')
+    ct.path(CONFIG).write_text(manual)
+    model = ct.path("/srv/models/tiny.gguf")
+    try:
+        assert reload(ct).returncode == 0
+        wait_for(lambda: serving(ct, TINY), what=lambda: started(ct, TINY))
+        wait_for(lambda: model_status(ct, "tiny")[1]["verdict"] == "loaded",
+                 what=lambda: f"{model_status(ct, 'tiny')}")
+        pid = main_pid(ct, TINY)
+        ct.path(CONFIG).write_text(manual.replace('["--port", "8080"]',
+                                                  '["--port", "8080", "-c", "8192"]'))
+        assert reload(ct).returncode == 0
+        assert main_pid(ct, TINY) == pid  # left running
+        rc, m = model_status(ct, "tiny")
+        assert rc == 1 and m["verdict"] == "restart pending: args changed", m
+        assert m["restart_pending"] == ["args changed"]
+        text = ct.run("hugepage-agent", "status", check=False).stdout
+        assert "DEGRADED" in text and "restart pending: args changed" in text, text
+        # the model file replaced at the same path (a new quantization)
+        os.utime(model, (time.time(), time.time() + 5))
+        rc, m = model_status(ct, "tiny")
+        assert m["verdict"] == "restart pending: args changed, model file changed", m
+        ct.systemctl("restart", TINY)
+        wait_for(lambda: model_status(ct, "tiny")[1]["verdict"] == "loaded",
+                 what=lambda: f"{model_status(ct, 'tiny')}")
+        assert cmdline(ct, main_pid(ct, TINY))[-2:] == ["-c", "8192"]
+    finally:
+        ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
+        reload(ct)
+
+
+def test_a_server_that_does_not_come_back_fails_the_reload_naming_it(ct: Container) -> None:
+    two = [("tiny", ["--port", "8080"]), ("odd", ["--port", "8082"])]
+    ct.path(CONFIG).write_text(config_text(two))
+    odd = "llama-server@odd.service"
+    try:
+        assert reload(ct).returncode == 0
+        wait_for(lambda: serving(ct, odd) and serving(ct, TINY), what=lambda: started(ct, odd))
+        wait_for(lambda: model_status(ct, "odd")[1]["verdict"] == "loaded",
+                 what=lambda: f"{model_status(ct, 'odd')}")
+        tiny_pid = main_pid(ct, TINY)
+        # odd's new arguments make its server exit at start
+        broken = config_text([("tiny", ["--port", "8080"]),
+                              ("odd", ["--port", "8082", "--fail-start"])])
+        ct.path(CONFIG).write_text(broken)
+        r = reload(ct)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "model odd: llama-server@odd.service" in r.stderr, r.stderr
+        assert "tiny" not in r.stderr
+        assert main_pid(ct, TINY) == tiny_pid and serving(ct, TINY)  # the others keep running
+        log = ct.journal("hugepage-agent.service")
+        assert "journal's last lines" in log and "invalid argument: --fail-start" in log, log
+        # put back: the reload restarts odd with its old arguments
+        ct.path(CONFIG).write_text(config_text(two))
+        r = reload(ct)
+        assert r.returncode == 0, r.stdout + r.stderr + ct.journal("hugepage-agent.service")
+        assert serving(ct, odd) and "--fail-start" not in cmdline(ct, main_pid(ct, odd))
+    finally:
+        ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
+        reload(ct)
+
+
+def test_the_pool_shrinks_as_a_stopped_server_frees_its_pages(ct: Container) -> None:
+    ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
+    assert reload(ct).returncode == 0
+    wait_for(lambda: model_status(ct, "tiny")[1]["verdict"] == "loaded",
+             what=lambda: f"{model_status(ct, 'tiny')}")
+    held = pages(MODEL_SIZE)
+    small = config_text([("tiny", ["--port", "8080"])]).replace("[pool]\nheadroom = 4\n",
+                                                               "[pool]\nsize = 4\n")
+    ct.path(CONFIG).write_text(small)
+    try:
+        assert reload(ct).returncode == 0
+        assert read_int(NR) >= held  # the server's pages are not taken from it
+        r = ct.run("hugepage-agent", "status", check=False)
+        assert r.returncode == 1 and "pool is shrinking: " in r.stdout, r.stdout
+        assert "pages above target held by running servers" in r.stdout
+        data = json.loads(ct.run("hugepage-agent", "status", "--json", check=False).stdout)
+        pool = next(p for p in data["pools"] if p["page_size_kb"] == 2048 and p["node"] is None)
+        assert pool["target"] == 4 and pool["above_target_held"] > 0, pool
+        ct.systemctl("stop", TINY)
+        # the daemon re-applies when the unit has stopped: nothing to reload
+        wait_for(lambda: read_int(NR) == 4, timeout=30,
+                 what=lambda: f"the pool to shrink to 4 (at {read_int(NR)})")
+        r = ct.run("hugepage-agent", "status", check=False)
+        assert "shrinking" not in r.stdout and "above its target" not in r.stdout, r.stdout
+    finally:
+        ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
+        reload(ct)
+        ct.systemctl("start", TINY, check=False)

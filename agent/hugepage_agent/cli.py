@@ -229,7 +229,7 @@ def _cmd_reload(args: argparse.Namespace, host: Host) -> int:
 
     ok, message = call_reload()
     if not ok:
-        return die(f"reload refused, the daemon keeps its previous configuration: {message}")
+        return die(f"reload failed: {message}")
     print(message)
     return EXIT_OK
 

@@ -23,7 +23,16 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from hugepage_agent import apply, config, metrics, models, serveruser, status, unitfiles
+from hugepage_agent import (
+    apply,
+    config,
+    metrics,
+    models,
+    restarts,
+    serveruser,
+    status,
+    unitfiles,
+)
 from hugepage_agent.config import Config
 from hugepage_agent.errors import AgentError
 from hugepage_agent.execwrap import find_library
@@ -145,7 +154,7 @@ class Agent:
             with extending_timeout():
                 ok, msg = self._reload()
         finally:
-            notify(f"READY=1\nSTATUS={msg if ok else 'reload failed, old config kept: ' + msg}")
+            notify(f"READY=1\nSTATUS={msg if ok else 'reload failed: ' + msg}")
         return ok, msg
 
     def _reload(self) -> tuple[bool, str]:
@@ -155,13 +164,58 @@ class Agent:
             report = self._apply_and_sync(new, previous=old)
         except AgentError as e:
             log.error("reload: %s; keeping the previous configuration", e)
-            return False, str(e)
+            return False, f"the new configuration is refused, the previous one is kept: {e}"
         self.cfg = new
         self._start_models(new, {unitfiles.unit_for(m) for m in old.models} if old else set())
         msg = self.summary(report)
         log.info("reloaded: %s", msg)
         self.on_change("config")
+        failed = self._restart_changed(new)
+        if failed:
+            return False, ("; ".join(f.message() for f in failed)
+                           + " (the new configuration is in effect; the other models keep "
+                           "running; see journalctl -u hugepage-agent)")
         return True, msg
+
+    def _restart_changed(self, cfg: Config) -> list[restarts.Failed]:
+        """Restart the models whose server runs an older configuration, one at
+        a time (the pool already covers the new one); then give back what the
+        old servers held above the target."""
+        if self.systemd is None:
+            return []
+        failed = restarts.restart_changed(self.host, cfg, self.systemd)
+        self.shrink_if_freed("after the restarts")
+        self.on_change("models")
+        return failed
+
+    def pool_can_shrink(self) -> bool:
+        """From the (cached) status: free pages above a pool's target."""
+        return any((p["above_target"] or 0) > (p["above_target_held"] or 0)
+                   for p in self.status()["pools"])
+
+    def is_model_unit(self, unit: str) -> bool:
+        return self.cfg is not None and any(unitfiles.unit_for(m) == unit
+                                            for m in self.cfg.models)
+
+    def shrink_if_freed(self, reason: str) -> None:
+        """The pool shrinks as the pages above its target are freed (a model
+        stopped or restarted smaller): re-apply when some of them are free."""
+        if self.cfg is None:
+            return
+        try:
+            plan = apply.plan_for(self.host, self.cfg)
+            goals = [n for _, n in plan.per_node] if plan.per_node else [plan.target]
+            freed = sum(max(0, c.total() - max(goal, c.in_use()))
+                        for c, goal in zip(apply.controls(self.host, plan), goals))
+            if freed <= 0:
+                return
+            log.info("%s: %d free pages above the pool's target; giving them back", reason,
+                     freed)
+            self.last = apply.apply(self.host, self.cfg)
+            log.info("%s", self.summary(self.last))
+        except AgentError as e:
+            log.error("%s: shrinking the pool failed: %s", reason, e)
+        self.on_change("pool")
 
     def recheck(self, reason: str) -> None:
         """Re-check the pool after a memory event; reserve again if short."""
@@ -318,7 +372,8 @@ def run(host: Host, config_path: str | None) -> int:
     def changed(what: str) -> None:  # from the worker: the loop does the rest
         GLib.idle_add(changed_in_loop, what)
 
-    agent = Agent(host, config_path, Systemd(bus), changed)
+    units = Systemd(bus)
+    agent = Agent(host, config_path, units, changed)
     with extending_timeout():
         report = agent.start()
     worker = Worker()
@@ -353,6 +408,25 @@ def run(host: Host, config_path: str | None) -> int:
     except Exception as e:  # pyudev missing or netlink refused: run on without it
         log.warning("not watching kernel memory events: %s", e)
 
+    def on_unit_job_done(unit: str) -> None:
+        """A model unit stopped or restarted: the pages it held may be above the
+        pool's target now (one check for a burst of jobs)."""
+        if not agent.is_model_unit(unit) or shrink_pending:
+            return
+
+        def fire() -> bool:
+            shrink_pending.clear()
+            worker.submit(lambda: agent.shrink_if_freed(f"{unit} stopped or restarted"))
+            return False
+
+        shrink_pending.append(GLib.timeout_add(RECHECK_DELAY_MS, fire))
+
+    shrink_pending: list[int] = []
+    try:
+        units.on_job_removed(on_unit_job_done)
+    except SystemdError as e:  # the periodic check below still shrinks the pool
+        log.warning("not watching the model units' jobs: %s", e)
+
     def on_hup() -> bool:
         try:
             worker.submit(agent.reload)  # the same path as D-Bus Reload()
@@ -373,6 +447,8 @@ def run(host: Host, config_path: str | None) -> int:
     def on_timer() -> bool:
         try:
             agent.write_metrics()
+            if agent.pool_can_shrink():  # a server that exited on its own, say
+                worker.submit(lambda: agent.shrink_if_freed("free pages above the target"))
         except Exception:
             log.exception("metrics: internal error")
         return True
