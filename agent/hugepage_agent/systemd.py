@@ -80,9 +80,23 @@ class Systemd:
         except Exception as e:
             raise SystemdError(f"cannot subscribe to systemd's job signals: {e}") from e
 
-    def restart(self, unit: str) -> None:
+    def exec_info(self, unit: str) -> tuple[str | None, str]:
+        """(the program ExecStart= runs, RootDirectory=) of a unit; (None, "/")
+        when systemd does not say."""
         try:
-            self.manager.RestartUnit(unit, "replace")
+            obj = self.bus.get(SYSTEMD, self.manager.LoadUnit(unit))
+            start = list(obj.ExecStart)
+            root = str(obj.RootDirectory or "/")
+        except Exception:
+            return None, "/"
+        return (str(start[0][0]) if start else None), root
+
+    def restart(self, unit: str) -> None:
+        """Restart a model's unit from within the agent's own reload:
+        "ignore-dependencies", or its start, ordered After= the agent, would
+        wait for the reload job that waits for it."""
+        try:
+            self.manager.RestartUnit(unit, "ignore-dependencies")
         except Exception as e:
             raise SystemdError(f"cannot restart {unit}: {e}") from e
 
