@@ -66,8 +66,8 @@ def test_operator_unit_gets_the_dropin_and_a_record_only_model_file() -> None:
         "llama-cpu-0.service.d/50-hugepage-agent.conf")
     # its start is recorded, as the template's is; run-model has nothing to run
     text = unitfiles.render_dropin(own, {"LD_PRELOAD": "/l.so"})
-    assert "\nExecStartPre=-+/usr/bin/env -u LD_PRELOAD /usr/bin/hugepage-agent " \
-        "prepare-model x\n" in text
+    assert "\nExecStartPre=+/usr/bin/env -u LD_PRELOAD HUGEPAGE_AGENT_PRELOAD=${LD_PRELOAD} " \
+        "/usr/bin/hugepage-agent prepare-model x\n" in text
     mf = unitfiles.parse_model_file(unitfiles.render_own_unit_file(own))
     assert mf.unit == "llama-cpu-0.service" and mf.model == "/m" and mf.load is None
     assert "ExecStartPre" not in unitfiles.render_dropin(MODEL, {"LD_PRELOAD": "/l.so"})

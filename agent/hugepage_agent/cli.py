@@ -147,6 +147,7 @@ def _cmd_apply(args: argparse.Namespace, host: Host) -> int:
     cfg = config.load(host, args.config)
     if not args.dry_run:
         _require_root(host, "apply")
+    _check_preload(host, cfg)
     report = apply_mod.apply(host, cfg, dry_run=args.dry_run)
     print(apply_mod.render(report))
     for name, why in models.unreadable_models(host, cfg).items():
@@ -155,6 +156,22 @@ def _cmd_apply(args: argparse.Namespace, host: Host) -> int:
     for warning in models.exposed_secrets(host, cfg):
         print(f"warning: {warning}")
     return EXIT_OK if report.met else EXIT_DEGRADED
+
+
+def _check_preload(host: Host, cfg: config.Config) -> None:
+    """Refuse, before anything changes, a configuration whose servers the
+    wrapper library would not load into (a missing library is the daemon's
+    to refuse: apply itself does not need it)."""
+    from hugepage_agent import execwrap, preload
+
+    try:
+        library = execwrap.find_library(cfg)
+    except AgentError:
+        return
+    sd = _local_systemd(host) if any(m.unit for m in cfg.models) else None
+    cannot = preload.model_problems(cfg, library, sd.exec_info if sd is not None else None)
+    if cannot:
+        raise preload.PreloadError("; ".join(cannot))
 
 
 def _local_systemd(host: Host) -> Systemd | None:
@@ -247,6 +264,11 @@ def _cmd_run_model(args: argparse.Namespace, host: Host) -> int:
     from hugepage_agent import loadmode, modelstart
 
     argv, extra = modelstart.run_command(host, args.name)
+    library = os.environ.get("LD_PRELOAD", "").replace(":", " ").split()
+    if library:  # ld.so would ignore it, or stop the server before main: say why
+        from hugepage_agent import preload
+
+        preload.check(library[0], argv[0])
     if extra.get(loadmode.ENV_CHOICE):
         print(f"hugepage-agent: model {args.name}: load mode {extra[loadmode.ENV_CHOICE]}",
               file=sys.stderr, flush=True)
@@ -259,9 +281,17 @@ def _cmd_run_model(args: argparse.Namespace, host: Host) -> int:
 
 def _cmd_prepare_model(args: argparse.Namespace, host: Host) -> int:
     from hugepage_agent import modelstart
+    from hugepage_agent.preload import PreloadError
 
     _require_root(host, "prepare-model")
-    choice = modelstart.prepare(host, args.name)
+    try:
+        choice = modelstart.prepare(host, args.name)
+    except PreloadError:
+        raise  # fails the unit's start, with the reason
+    except AgentError as e:
+        # an operator's own unit runs this without "-": only the check may stop it
+        log.warning("model %s: %s", args.name, e)
+        return EXIT_OK
     if choice is not None:
         print(f"hugepage-agent: model {args.name}: load mode {choice.summary()}",
               file=sys.stderr)

@@ -28,6 +28,7 @@ from hugepage_agent import (
     config,
     metrics,
     models,
+    preload,
     restarts,
     serveruser,
     status,
@@ -237,8 +238,13 @@ class Agent:
 
     def _apply_and_sync(self, cfg: Config, previous: Config | None) -> apply.ApplyReport:
         # Everything that can be refused is refused before anything changes.
-        files = models.render_all(cfg, find_library(cfg))
+        library = find_library(cfg)
+        files = models.render_all(cfg, library)
         apply.plan_for(self.host, cfg)
+        cannot = preload.model_problems(cfg, library, self.systemd.exec_info
+                                        if self.systemd is not None else None)
+        if cannot:
+            raise preload.PreloadError("; ".join(cannot))
         if previous is not None:
             # Models no longer configured give their huge pages back first, so
             # that the new pool size is not held up by pages they still use.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import glob
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 DT_NEEDED, DT_RPATH, DT_RUNPATH, DT_STRTAB = 1, 15, 29, 5
 PT_LOAD, PT_DYNAMIC = 1, 2
@@ -28,8 +28,52 @@ class NotElf(ValueError):
     pass
 
 
+DT_VERDEF, DT_VERNEED = 0x6FFFFFFC, 0x6FFFFFFE
+
+
 def dynamic_entries(data: bytes) -> tuple[list[str], list[str], list[str]]:
     """(needed, rpath, runpath) of an ELF image. Raises NotElf."""
+    entries, _, string = _dynamic(data)
+    needed = [string(v) for t, v in entries if t == DT_NEEDED]
+    rpath = [p for t, v in entries if t == DT_RPATH for p in string(v).split(":") if p]
+    runpath = [p for t, v in entries if t == DT_RUNPATH for p in string(v).split(":") if p]
+    return needed, rpath, runpath
+
+
+def symbol_versions(data: bytes) -> tuple[set[str], set[str]]:
+    """(the symbol versions an ELF image needs, those it defines): GLIBC_2.34
+    and the like, from DT_VERNEED and DT_VERDEF. Raises NotElf."""
+    entries, offset, string = _dynamic(data)
+    needed: set[str] = set()
+    defined: set[str] = set()
+    try:
+        at = offset(next((v for t, v in entries if t == DT_VERNEED), 0))
+        while at:  # Elf_Verneed, each with its Elf_Vernaux list
+            _, cnt, _, aux, nxt = struct.unpack_from("<HHIII", data, at)
+            a = at + aux
+            for _ in range(cnt):
+                _, _, _, name, anext = struct.unpack_from("<IHHII", data, a)
+                needed.add(string(name))
+                a += anext
+            at = at + nxt if nxt else 0
+        at = offset(next((v for t, v in entries if t == DT_VERDEF), 0))
+        while at:  # Elf_Verdef, its first Elf_Verdaux naming the version
+            _, flags, _, cnt, _, aux, nxt = struct.unpack_from("<HHHHIII", data, at)
+            if cnt and not flags & 1:  # VER_FLG_BASE: the file's own name
+                defined.add(string(struct.unpack_from("<I", data, at + aux)[0]))
+            at = at + nxt if nxt else 0
+    except struct.error as err:
+        raise NotElf("truncated version tables") from err
+    return needed, defined
+
+
+def _dynamic(data: bytes) -> tuple[list[tuple[int, int]], Callable[[int], int],
+                                   Callable[[int], str]]:
+    """The dynamic section's (tag, value) entries, a map from addresses to file
+    offsets (0 for none), and the dynamic string table's lookup."""
+    def nothing(_: int) -> str:
+        return ""
+
     if data[:4] != b"\x7fELF" or len(data) < 64:
         raise NotElf("not an ELF file")
     cls, endian = data[4], data[5]
@@ -57,7 +101,7 @@ def dynamic_entries(data: bytes) -> tuple[list[str], list[str], list[str]]:
             elif ptype == PT_DYNAMIC:
                 dyn = (off, filesz)
         if dyn is None:
-            return [], [], []  # static
+            return [], lambda _: 0, nothing  # static
         entries: list[tuple[int, int]] = []
         size = 16 if wide else 8
         fmt = e + ("qQ" if wide else "iI")
@@ -68,22 +112,22 @@ def dynamic_entries(data: bytes) -> tuple[list[str], list[str], list[str]]:
             entries.append((tag, val))
     except struct.error as err:
         raise NotElf("truncated ELF file") from err
+    def offset(addr: int) -> int:
+        return next((off + addr - vaddr for vaddr, off, filesz in loads
+                     if vaddr <= addr < vaddr + filesz), 0) if addr else 0
+
     strtab = next((v for t, v in entries if t == DT_STRTAB), None)
     if strtab is None:
-        return [], [], []
-    base = next((off + strtab - vaddr for vaddr, off, filesz in loads
-                 if vaddr <= strtab < vaddr + filesz), None)
-    if base is None:
+        return entries, offset, nothing
+    base = offset(strtab)
+    if not base:
         raise NotElf("string table outside the loaded segments")
 
-    def string(offset: int) -> str:
-        end = data.find(b"\0", base + offset)
-        return data[base + offset:end if end >= 0 else len(data)].decode("utf-8", "replace")
+    def string(at: int) -> str:
+        end = data.find(b"\0", base + at)
+        return data[base + at:end if end >= 0 else len(data)].decode("utf-8", "replace")
 
-    needed = [string(v) for t, v in entries if t == DT_NEEDED]
-    rpath = [p for t, v in entries if t == DT_RPATH for p in string(v).split(":") if p]
-    runpath = [p for t, v in entries if t == DT_RUNPATH for p in string(v).split(":") if p]
-    return needed, rpath, runpath
+    return entries, offset, string
 
 
 def ld_so_conf(path: str = "/etc/ld.so.conf", depth: int = 0) -> list[str]:
@@ -121,10 +165,14 @@ def _read(path: str) -> bytes | None:
         return None
 
 
-def libraries(binary: str) -> Iterator[str]:
+def libraries(binary: str, root: str = "/") -> Iterator[str]:
     """The paths of the shared libraries `binary` needs, nearest first,
-    each once, as far as they can be found (MAX_DEPTH levels)."""
-    system = ld_so_conf() + list(DEFAULT_DIRS)
+    each once, as far as they can be found (MAX_DEPTH levels); with `root`,
+    the loader's directories are looked up in that root (a chroot, a
+    container's root; `binary` is a path on this host)."""
+    system = ld_so_conf(os.path.join(root, "etc/ld.so.conf")) + list(DEFAULT_DIRS)
+    if root not in ("", "/"):
+        system = [os.path.join(root, d.lstrip("/")) for d in system]
     seen: set[str] = set()
     queue: list[tuple[str, int, list[str]]] = [(os.path.realpath(binary), 0, [])]
     while queue:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from hugepage_agent import config, loadmode, pagecache, startrecord, unitfiles
 from hugepage_agent.errors import AgentError, HostError
@@ -60,6 +60,8 @@ def prepare(host: Host, name: str) -> StartChoice | None:
     unit), recorded with what the start runs with (startrecord)."""
     mf = read_model_file(host, name)
     unit = mf.unit or f"llama-server@{name}.service"
+    if mf.unit is not None:
+        _check_own_unit(mf.unit, os.environ)
     record = startrecord.make(host, mf, unit, os.environ)
     choice = None
     if mf.load is not None:
@@ -73,6 +75,21 @@ def prepare(host: Host, name: str) -> StartChoice | None:
                     "runs the configuration, and the server measures the page cache itself",
                     name, e)
     return choice
+
+
+def _check_own_unit(unit: str, env: Mapping[str, str]) -> None:
+    """Raises PreloadError when the library the drop-in preloads would not
+    load into the unit's program (in its RootDirectory=), as systemd says."""
+    from hugepage_agent import preload, systemd
+
+    library = env.get("HUGEPAGE_AGENT_PRELOAD", "").split()
+    if not library:
+        return
+    try:
+        binary, root = systemd.Systemd(systemd.system_bus()).exec_info(unit)
+    except AgentError:
+        binary, root = None, "/"
+    preload.check(library[0], binary, root)
 
 
 def _recorded(host: Host, name: str, mf: unitfiles.ModelFile) -> StartChoice | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Any
 
 from hugepage_agent import (
@@ -21,6 +22,7 @@ from hugepage_agent import (
     pagecache,
     persist,
     pools,
+    preload,
     procs,
     startrecord,
     thp,
@@ -231,8 +233,10 @@ def _verdict(host: Host, m: ModelConfig, cov: coverage.Coverage, entry: dict[str
     used, dead = entry["used_bytes"], entry["dead_bytes"]
     if not cov.wrapper_loaded:
         without = [str(p["pid"]) for p in entry["processes"] if not p["wrapper_loaded"]]
+        why = _not_loaded_reason(host, pid)
         return "wrapper not loaded" + (f" (pid {', '.join(without)})"
-                                       if len(entry["processes"]) > 1 else "")
+                                       if len(entry["processes"]) > 1 else "") + \
+            (f": {why}" if why else "")
     if cov.filling:
         return "loading into huge pages"
     if cov.fallback_bytes > used * 0.01:
@@ -252,6 +256,23 @@ def _verdict(host: Host, m: ModelConfig, cov: coverage.Coverage, entry: dict[str
     if cov.hugetlb_bytes - dead < expected * 0.99:
         return "loading into huge pages" if cov.hugetlb_bytes else "model not mapped yet"
     return "loaded"
+
+
+def _not_loaded_reason(host: Host, pid: int) -> str | None:
+    """Why a server has not loaded the wrapper, where it can be told (its
+    environment is readable by root only)."""
+    try:
+        env = host.read_optional(f"/proc/{pid}/environ")
+        exe = os.readlink(host.path(f"/proc/{pid}/exe"))
+    except (HostError, OSError, UnicodeDecodeError):
+        return None
+    if env is None:
+        return None
+    preloads = next((v.partition("=")[2] for v in env.split("\0")
+                     if v.startswith("LD_PRELOAD=")), "").replace(":", " ").split()
+    if not preloads:
+        return "LD_PRELOAD is not in its environment (a supervisor that clears it?)"
+    return preload.problem(preloads[0], exe, str(host.path(f"/proc/{pid}/root")))
 
 
 NO_MODELS_HINT = ("no models are configured yet, so the pool is empty: add one in a drop-in "

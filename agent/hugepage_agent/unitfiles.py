@@ -65,7 +65,10 @@ def header(what: str) -> str:
             "# configured. Change /etc/hugepage-agent/config.toml instead.\n")
 
 
-PREPARE = "/usr/bin/env -u LD_PRELOAD /usr/bin/hugepage-agent prepare-model"
+# systemd expands ${LD_PRELOAD} (the drop-in's value) for the check, which runs
+# without the wrapper itself
+PREPARE = ("/usr/bin/env -u LD_PRELOAD HUGEPAGE_AGENT_PRELOAD=${LD_PRELOAD} "
+           "/usr/bin/hugepage-agent prepare-model")
 
 
 def render_dropin(model: ModelConfig, env: dict[str, str]) -> str:
@@ -74,11 +77,13 @@ def render_dropin(model: ModelConfig, env: dict[str, str]) -> str:
     lines += [environment_line(k, v) for k, v in sorted(env.items())]
     if model.unit is not None:
         # the operator's own unit: record what this start runs with (the model
-        # file's identity, these settings), as the template's ExecStartPre does;
-        # "-": a failed record never stops the server. The name is a model name
+        # file's identity, these settings), as the template's ExecStartPre does,
+        # and fail the start when the wrapper library would not load into its
+        # server (a failed record never does). The name is a model name
         # (letters, digits, '.', '_', '-'): nothing to quote.
-        lines += ["# What this start runs with, for `hugepage-agent status`.",
-                  f"ExecStartPre=-+{PREPARE} {model.name}"]
+        lines += ["# What this start runs with, for `hugepage-agent status`; fails the",
+                  "# start when the wrapper library cannot load into this unit's server.",
+                  f"ExecStartPre=+{PREPARE} {model.name}"]
     return "\n".join(lines) + "\n"
 
 
