@@ -402,7 +402,7 @@ def test_short_pool_strict_fails_the_unit_and_fallback_is_reported(ct: Container
     wait_for(lambda: ct.prop(unit, "Result") != "success",
              what=lambda: f"the strict unit to fail: {ct.journal(unit)}")
     log = ct.journal(unit)
-    assert "strict mode" in log and "/srv/models/big.gguf" in log
+    assert "strict mode" in log and "/srv/models/big.gguf" in log, log
     ct.systemctl("stop", unit, check=False)
     ct.systemctl("reset-failed", unit, check=False)
 

@@ -264,11 +264,6 @@ def _cmd_run_model(args: argparse.Namespace, host: Host) -> int:
     from hugepage_agent import loadmode, modelstart
 
     argv, extra = modelstart.run_command(host, args.name)
-    library = os.environ.get("LD_PRELOAD", "").replace(":", " ").split()
-    if library:  # ld.so would ignore it, or stop the server before main: say why
-        from hugepage_agent import preload
-
-        preload.check(library[0], argv[0])
     if extra.get(loadmode.ENV_CHOICE):
         print(f"hugepage-agent: model {args.name}: load mode {extra[loadmode.ENV_CHOICE]}",
               file=sys.stderr, flush=True)
@@ -288,9 +283,8 @@ def _cmd_prepare_model(args: argparse.Namespace, host: Host) -> int:
         choice = modelstart.prepare(host, args.name)
     except PreloadError:
         raise  # fails the unit's start, with the reason
-    except AgentError as e:
-        # an operator's own unit runs this without "-": only the check may stop it
-        log.warning("model %s: %s", args.name, e)
+    except Exception as e:  # the units run this without "-": only the check may stop it
+        log.warning("model %s: %s; run-model measures itself", args.name, e)
         return EXIT_OK
     if choice is not None:
         print(f"hugepage-agent: model {args.name}: load mode {choice.summary()}",

@@ -60,8 +60,7 @@ def prepare(host: Host, name: str) -> StartChoice | None:
     unit), recorded with what the start runs with (startrecord)."""
     mf = read_model_file(host, name)
     unit = mf.unit or f"llama-server@{name}.service"
-    if mf.unit is not None:
-        _check_own_unit(mf.unit, os.environ)
+    _check_preload(mf, os.environ)
     record = startrecord.make(host, mf, unit, os.environ)
     choice = None
     if mf.load is not None:
@@ -77,18 +76,23 @@ def prepare(host: Host, name: str) -> StartChoice | None:
     return choice
 
 
-def _check_own_unit(unit: str, env: Mapping[str, str]) -> None:
-    """Raises PreloadError when the library the drop-in preloads would not
-    load into the unit's program (in its RootDirectory=), as systemd says."""
+def _check_preload(mf: unitfiles.ModelFile, env: Mapping[str, str]) -> None:
+    """Raises PreloadError when the library the drop-in preloads would not load
+    into the server: the template's binary, or the program of an operator's
+    own unit (in its RootDirectory=), as systemd says. Here, not in run-model:
+    this runs without the wrapper, which a large read would go through."""
     from hugepage_agent import preload, systemd
 
-    library = env.get("HUGEPAGE_AGENT_PRELOAD", "").split()
+    library = env.get("HUGEPAGE_AGENT_PRELOAD", "").replace(":", " ").split()
     if not library:
         return
-    try:
-        binary, root = systemd.Systemd(systemd.system_bus()).exec_info(unit)
-    except AgentError:
-        binary, root = None, "/"
+    binary: str | None = mf.binary
+    root = "/"
+    if mf.unit is not None:
+        try:
+            binary, root = systemd.Systemd(systemd.system_bus()).exec_info(mf.unit)
+        except AgentError:
+            binary, root = None, "/"
     preload.check(library[0], binary, root)
 
 
