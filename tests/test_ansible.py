@@ -3,8 +3,11 @@ Debian containers booted with systemd-nspawn, driven by ansible-playbook
 through Ansible's nsenter connection (community.docker.nsenter). The first
 run installs the package and serves a model on each host; the second changes
 nothing and restarts nothing; a broken model on host 2 stops the rollout
-before host 3 and leaves host 2 serving its old model; removing a model from
-a host's variables stops its unit. ansible-lint is clean.
+before host 3 and leaves host 2 serving its old model; a changed argument
+reaches the server on every host (/proc/PID/cmdline); new arguments that make
+host 2's server fail stop the rollout there, with host 2's server running its
+old arguments again; removing a model from a host's variables stops its unit.
+ansible-lint is clean.
 
 The three containers share the host's kernel, so they share one huge page
 pool: every host is given the same explicit pool size, large enough for all."""
@@ -94,6 +97,10 @@ def pid(c: Container, unit: str) -> int:
     return int(c.prop(unit, "MainPID") or 0)
 
 
+def cmdline(c: Container, p: int) -> list[str]:
+    return c.proc(p, "cmdline").read_bytes().decode().split("\0")[:-1]
+
+
 def test_rollout_idempotence_stop_on_failure_and_removal(fleet: dict[str, Container],
                                                           dist: Path, tmp_path: Path) -> None:
     deb = next(dist.glob("*.deb"))
@@ -151,8 +158,36 @@ def test_rollout_idempotence_stop_on_failure_and_removal(fleet: dict[str, Contai
     assert not h2.path("/var/lib/hugepage-agent/models/s2.json").exists()
     assert h3.path(dropin).read_text() == before["h3"]
 
-    # 5. removing a model from host 1's variables stops its unit
-    inv = inventory(tmp_path, fleet, dict(want, h1=[]))
+    # 5. a changed argument reaches the server on every host of the rollout
+    def with_args(i: int, *extra: str) -> list[dict[str, Any]]:
+        return [{**model(i), "args": [*model(i)["args"], *extra]}]
+
+    changed = {h: with_args(i, "-c", "8192") for i, h in enumerate(HOSTS, 1)}
+    rc, out, recap = playbook(inventory(tmp_path, fleet, changed), deb)
+    assert rc == 0, out[-6000:]
+    for i, h in enumerate(HOSTS, 1):
+        p = pid(fleet[h], f"llama-server@m{i}.service")
+        assert p != pids[h] and cmdline(fleet[h], p)[-2:] == ["-c", "8192"], (h, out[-3000:])
+        pids[h] = p
+
+    # 6. new arguments that make host 2's server fail at start: the rollout stops
+    # there, and host 2 runs its previous drop-in, its server its old arguments
+    before = {h: fleet[h].path(dropin).read_text() for h in HOSTS}
+    failing = dict(changed, h2=with_args(2, "-c", "8192", "--fail-start"), h3=with_args(3))
+    rc, out, recap = playbook(inventory(tmp_path, fleet, failing), deb)
+    assert rc != 0 and recap["h2"]["failed"] == 1, out[-6000:]
+    assert "h3" not in recap or recap["h3"]["ok"] == 0, out[-6000:]
+    assert "model m2: llama-server@m2.service" in out, out[-6000:]
+    assert h2.path(dropin).read_text() == before["h2"]
+    assert h2.prop("llama-server@m2.service", "ActiveState") == "active"
+    p2 = pid(h2, "llama-server@m2.service")
+    assert cmdline(h2, p2)[-2:] == ["-c", "8192"], cmdline(h2, p2)
+    assert pid(h3, "llama-server@m3.service") == pids["h3"]  # never reached
+    assert cmdline(h3, pids["h3"])[-2:] == ["-c", "8192"]
+    pids["h2"] = p2
+
+    # 7. removing a model from host 1's variables stops its unit
+    inv = inventory(tmp_path, fleet, dict(changed, h1=[]))
     rc, out, recap = playbook(inv, deb)
     assert rc == 0, out[-6000:]
     h1 = fleet["h1"]

@@ -579,8 +579,9 @@ def test_manual_restart_leaves_the_server_and_says_what_is_pending(ct: Container
         assert "DEGRADED" in text and "restart pending: args changed" in text, text
         # the model file replaced at the same path (a new quantization)
         os.utime(model, (time.time(), time.time() + 5))
-        rc, m = model_status(ct, "tiny")
-        assert m["verdict"] == "restart pending: args changed, model file changed", m
+        both = "restart pending: args changed, model file changed"
+        wait_for(lambda: model_status(ct, "tiny")[1]["verdict"] == both,  # 0.5 s cache
+                 timeout=5, what=lambda: f"{model_status(ct, 'tiny')}")
         ct.systemctl("restart", TINY)
         wait_for(lambda: model_status(ct, "tiny")[1]["verdict"] == "loaded",
                  what=lambda: f"{model_status(ct, 'tiny')}")
