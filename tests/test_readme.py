@@ -4,7 +4,9 @@ shell block in order, with a stand-in llama-server and model."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ def sh_blocks() -> list[str]:
 def test_readme_opens_with_the_two_commands() -> None:
     first = sh_blocks()[0].split("\n")
     # as written for a root shell: a minimal server or container has no sudo
-    assert first[:2] == ["./scripts/install.sh", "./scripts/test.sh"]
+    assert first[:2] == ["./scripts/install.sh --demo", "./scripts/test.sh"]
     text = README.read_text()
     assert text.index("```sh") < text.index("## How it works")
     ci = (REPO / ".ci/run").read_text()
@@ -34,8 +36,34 @@ def test_readme_opens_with_the_two_commands() -> None:
 
 
 @pytest.fixture(scope="module")
-def host(wrapper_build: Path) -> Iterator[Container]:
+def demo_cache() -> Path:
+    """The demo's heavy parts, as a first run on this machine caches them
+    (scripts/llama.sh, scripts/demo.sh model): handed to the container's
+    ~/.cache like the cache a second run on a fresh machine finds."""
+    r = subprocess.run(["bash", "scripts/demo.sh", "model"], cwd=REPO, capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    return Path(r.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def host(wrapper_build: Path, demo_cache: Path) -> Iterator[Container]:
+    llama = Path(subprocess.run(["bash", "scripts/llama.sh"], cwd=REPO, capture_output=True,
+                                text=True, check=True).stdout.strip())
+
     def setup(c: Container) -> None:
+        cache = c.path("/root/.cache/hugepage-agent")
+        for src, rel in ((llama / "llama-server", f"{llama.parent.name}/bin/llama-server"),
+                         (demo_cache, f"models/{demo_cache.name}")):
+            dst = cache / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+        for t in ("llama-bench", "llama-fit-params"):  # llama.sh counts the set as built
+            shutil.copy2(llama / t, cache / llama.parent.name / "bin" / t)
+        # a minimal root: no procps, so nothing may ask `ps` whether systemd runs
+        for ps in ("/usr/bin/ps", "/bin/ps", "/usr/bin/pgrep", "/usr/bin/pkill"):
+            with contextlib.suppress(FileNotFoundError):
+                c.path(ps).unlink()
         files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
                                capture_output=True, text=True, check=True).stdout.split()
         for f in files:
@@ -70,14 +98,33 @@ def test_readme_commands_run_as_written(host: Container) -> None:
         sudo.with_name("sudo.off").rename(sudo)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "POOL" in r.stdout and "THP" in r.stdout
-    # no model yet: the operator is told how to add one
-    assert "no models are configured yet" in r.stdout and "config.d/50-MODEL.toml" in r.stdout
+    assert "systemd is not PID 1" not in r.stderr  # decided without ps
     assert host.prop("hugepage-agent.service", "ActiveState") == "active"
+    # the demo: served from huge pages, one completion, how to remove it
+    assert re.search(r"^demo\s+llama-server@demo\.service\s+active/running .* yes\s+loaded$",
+                     r.stdout, flags=re.M), r.stdout
+    assert "completion: '" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert "./scripts/install.sh --remove-demo" in r.stderr
+    pid = int(host.prop("llama-server@demo.service", "MainPID"))
+    argv = host.proc(pid, "cmdline").read_bytes().split(b"\0")
+    assert argv[0] == b"/var/lib/hugepage-agent-demo/llama-server"
+    assert argv[argv.index(b"--host") + 1] == b"127.0.0.1"  # this host only
+    # twice: one demo, its server left running
+    again = host.run("sh", "-c", f"cd {SRC} && {setup}", check=False, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert int(host.prop("llama-server@demo.service", "MainPID")) == pid
+    assert len(list(host.path("/etc/hugepage-agent/config.d").glob("*demo*"))) == 1
     outputs = []
     for block in sh_blocks()[1:]:
-        r = host.run("bash", "-euo", "pipefail", "-c", f"cd /root\n{block}", check=False)
+        r = host.run("bash", "-euo", "pipefail", "-c", f"cd {SRC}\n{block}", check=False)
         assert r.returncode == 0, f"README block failed:\n{block}\n{r.stdout}\n{r.stderr}"
         outputs.append(r.stdout)
+    # the serving block began by removing the demo: nothing of it is left
+    for gone in ("/var/lib/hugepage-agent-demo", "/etc/hugepage-agent/config.d/90-demo.toml",
+                 "/etc/systemd/system/llama-server@demo.service.d",
+                 "/var/lib/hugepage-agent/models/demo.json", "/run/hugepage-agent/start/demo.json"):
+        assert not host.path(gone).exists(), gone
+    assert host.prop("llama-server@demo.service", "ActiveState") == "inactive"
     served = next(o for o in outputs if "llama-server@qwen3-30b" in o)
     assert re.search(r"qwen3-30b\s+llama-server@qwen3-30b\.service\s+active/running", served)
     line = r"1\.07 GiB\s+1\.07 GiB\s+\S+ \S+\s+100\.0%\s+2M\s+yes\s+loaded"
