@@ -8,7 +8,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from hugepage_agent import footprint, serveruser, unitfiles
+from hugepage_agent import footprint, serveruser, startrecord, unitfiles
 from hugepage_agent.config import DEFAULT_TEXTFILE_DIR, Config
 from hugepage_agent.errors import ConfigError
 from hugepage_agent.execwrap import wrapper_env
@@ -120,6 +120,9 @@ def sync(host: Host, wanted: dict[str, str]) -> ModelFiles:
             host.remove(path)
             removed.append(path)
             log.info("removed %s (model no longer configured)", path)
+            if path.startswith(unitfiles.MODEL_DIR + "/"):  # and the record of its last start
+                name = os.path.basename(path)[:-len(".json")]
+                host.remove(startrecord.start_file(name))
             parent = os.path.dirname(path)
             if parent.endswith(".d"):
                 with contextlib.suppress(OSError):  # the operator has other drop-ins there
