@@ -19,7 +19,8 @@
 # Idempotent: installing twice leaves one demo, removing twice is harmless.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CACHE="${HUGEPAGE_AGENT_CACHE:-$HOME/.cache/hugepage-agent}"
+# $HOME may be unset (env -i, a unit): the home directory of the user, then
+CACHE="${HUGEPAGE_AGENT_CACHE:-${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}/.cache/hugepage-agent}"
 DEMO_DIR=/var/lib/hugepage-agent-demo
 CONF=/etc/hugepage-agent/config.d/90-demo.toml
 PIDFILE=/run/hugepage-agent-demo.pid

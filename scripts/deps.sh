@@ -8,7 +8,8 @@
 # --system-site-packages, cached under ~/.cache/hugepage-agent/ so later runs skip it.
 set -euo pipefail
 
-CACHE="${HUGEPAGE_AGENT_CACHE:-$HOME/.cache/hugepage-agent}"
+# $HOME may be unset (env -i, a unit): the home directory of the user, then
+CACHE="${HUGEPAGE_AGENT_CACHE:-${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}/.cache/hugepage-agent}"
 VENV="$CACHE/venv"
 APT_PACKAGES=(
     build-essential make gcc

