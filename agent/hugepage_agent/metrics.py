@@ -61,6 +61,15 @@ def render(data: dict[str, Any]) -> str:
                        page_size_kb=p["page_size_kb"], node=node)
             out.metric("pool_shortfall_pages", "Pages the pool is short of its target",
                        p["shortfall"], page_size_kb=p["page_size_kb"], node=node)
+            if p.get("above_target") is not None:
+                out.metric("pool_above_target_pages",
+                           "Pages the pool is above its target: held by running servers (it "
+                           "shrinks as they free them), or free", p["above_target"],
+                           page_size_kb=p["page_size_kb"], node=node)
+                out.metric("pool_above_target_held_pages",
+                           "Pages above the target held by running servers",
+                           p["above_target_held"] or 0, page_size_kb=p["page_size_kb"],
+                           node=node)
     la = data.get("last_apply") or {}
     if la:
         out.metric("reserve_rounds", "Rounds of the last reservation", la.get("rounds", 0))
@@ -102,6 +111,21 @@ def render(data: dict[str, Any]) -> str:
                        m["coverage"], **lab)
         out.metric("model_unit_active", "1 when the model's unit is active",
                    1 if m["active"] else 0, **lab)
+        if m.get("wrapper_loaded") is not None:
+            out.metric("model_wrapper_loaded",
+                       "1 when every server process of the model has the wrapper loaded",
+                       1 if m["wrapper_loaded"] else 0, **lab)
+        if m.get("processes") is not None:
+            out.metric("model_server_processes",
+                       "Processes serving the model, found in its unit's cgroup",
+                       len(m["processes"]), **lab)
+        if m.get("pid"):
+            out.metric("model_server_pid", "The pid of the model's (first) server process",
+                       m["pid"], **lab)
+        out.metric("model_restart_pending",
+                   "1 when the running server was started with other arguments, model file, "
+                   "binary or wrapper settings than configured", 1 if m.get("restart_pending")
+                   else 0, **lab)
     out.metric("degraded", "1 when the host is not as configured", 1 if data["degraded"] else 0)
     if data.get("metrics_interval") is not None:
         out.metric("metrics_interval_seconds", "How often the daemon rewrites this file",
