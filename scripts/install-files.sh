@@ -24,7 +24,9 @@ sys.exit(main())
 PY
 chmod 0755 "$DESTDIR/usr/bin/hugepage-agent.tmp"
 mv "$DESTDIR/usr/bin/hugepage-agent.tmp" "$DESTDIR/usr/bin/hugepage-agent"
-install -D -m 0644 wrapper_c/build/libhugepage-wrapper.so \
+# -C: an unchanged library keeps its inode, so that running servers' maps
+# still name it (a replaced one shows as "(deleted)" there)
+install -C -D -m 0644 wrapper_c/build/libhugepage-wrapper.so \
     "$DESTDIR/usr/lib/hugepage-agent/libhugepage-wrapper.so"
 install -m 0644 systemd/hugepage-agent.service systemd/llama-server@.service "$UNITDIR/"
 install -m 0644 systemd/net.hugepageagent.Agent1.conf "$DESTDIR/usr/share/dbus-1/system.d/"

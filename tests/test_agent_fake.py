@@ -267,6 +267,11 @@ def test_parse_smaps_attributes_huge_pages_to_the_model() -> None:
     assert loading.filling and loading.hugetlb_bytes == 4096 * 1024
     other = parse_smaps(SMAPS.format(perm="r--s", huge=1048576), "/m/b.gguf")
     assert other.hugetlb_bytes == 0 and other.file_mapped_bytes == 1 << 20
+    # the package upgraded under a running server: its wrapper is still loaded
+    upgraded = SMAPS.replace("libhugepage-wrapper.so\n", "libhugepage-wrapper.so (deleted)\n")
+    assert parse_smaps(upgraded.format(perm="r--s", huge=4), "/m/a.gguf").wrapper_loaded
+    gone = SMAPS.replace("libhugepage-wrapper.so\n", "libc.so.6\n")
+    assert not parse_smaps(gone.format(perm="r--s", huge=4), "/m/a.gguf").wrapper_loaded
 
 
 def test_model_files_sync_and_removal(tmp_path: Path, model: Path) -> None:

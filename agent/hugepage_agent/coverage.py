@@ -74,8 +74,9 @@ def parse_smaps(text: str, model_path: str, large: int = 0) -> Coverage:
     for line in text.splitlines():
         head = line.split(None, 5)
         if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
-            if (head[5] if len(head) > 5 else "").endswith(LIBRARY_NAME):
-                wrapper = True
+            if (head[5] if len(head) > 5 else "").removesuffix(" (deleted)").endswith(
+                    LIBRARY_NAME):
+                wrapper = True  # loaded, even when the file was replaced since
             kind = _vma_kind(head, model_path, large)
             if kind == _FILE and "w" in head[1]:
                 filling = True
