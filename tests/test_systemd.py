@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -650,3 +651,117 @@ def test_the_pool_shrinks_as_a_stopped_server_frees_its_pages(ct: Container) -> 
         ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
         reload(ct)
         ct.systemctl("start", TINY, check=False)
+
+
+def test_the_pool_covers_a_restart_into_a_larger_model(ct: Container) -> None:
+    """The new model's pages are reserved before the old server stops, and
+    the pages it frees count for the new one: a pool.limit that the old and
+    the new together would pass is no obstacle."""
+    larger = ct.path("/srv/models/larger.gguf")
+    subprocess.run([str(MAPTOOL), "mkfile", str(larger), str(600 * MIB)], check=True)
+    limited = config_text([("tiny", ["--port", "8080"])]).replace(
+        "[pool]\nheadroom = 4\n", '[pool]\nheadroom = 4\nlimit = "700M"\n')
+    ct.path(CONFIG).write_text(limited)
+    try:
+        assert reload(ct).returncode == 0
+        wait_for(lambda: model_status(ct, "tiny")[1]["verdict"] == "loaded",
+                 what=lambda: f"{model_status(ct, 'tiny')}")
+        old = main_pid(ct, TINY)
+        mark = len(ct.journal("hugepage-agent.service"))
+        ct.path(CONFIG).write_text(limited.replace("/srv/models/tiny.gguf",
+                                                   "/srv/models/larger.gguf"))
+        r = reload(ct)
+        assert r.returncode == 0, r.stdout + r.stderr
+        target = pages(600 * MIB) + 4
+        log = ct.journal("hugepage-agent.service")[mark:]
+        grown = log.find(f"pool {target} of {target}")
+        restarting = log.find("model tiny: model file changed; restarting")
+        assert 0 <= grown < restarting, log
+        assert main_pid(ct, TINY) != old
+        wait_for(lambda: model_status(ct, "tiny")[1]["verdict"] == "loaded",
+                 what=lambda: f"{model_status(ct, 'tiny')}")
+        m = model_status(ct, "tiny")[1]
+        assert m["fallback_bytes"] == 0 and m["hugetlb_bytes"] >= 600 * MIB // (2 * MIB) * 2 * MIB
+        assert read_int(NR) == target  # the old server's pages went to the new one
+    finally:
+        ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
+        reload(ct)
+        larger.unlink()
+
+
+def test_a_server_the_library_cannot_load_into_is_refused_and_fails_its_start(
+        ct: Container, tmp_path: Path) -> None:
+    from tests.test_preload import server_with_old_libc
+
+    bad = server_with_old_libc(tmp_path)  # its libc (DT_RUNPATH $ORIGIN/lib) is glibc 2.31
+    old_dir, fake_dir = ct.path("/usr/local/lib/oldsrv"), ct.path("/usr/local/lib/fake2")
+
+    def put(binary: Path, where: Path, libc: bool) -> None:
+        (where / "lib").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(binary, where / "llama-server")
+        if libc:
+            shutil.copy2(bad.parent / "lib" / "libc.so.6", where / "lib" / "libc.so.6")
+        else:
+            (where / "lib" / "libc.so.6").unlink(missing_ok=True)
+
+    put(bad, old_dir, libc=True)
+    good = config_text([("tiny", ["--port", "8080"])])
+    wait_for(lambda: serving(ct, TINY), what=lambda: started(ct, TINY))
+    tiny = main_pid(ct, TINY)
+    try:
+        # the reload refuses it, before anything changes
+        ct.path(CONFIG).write_text(good.replace("/usr/local/bin/fakeserver",
+                                                "/usr/local/lib/oldsrv/llama-server"))
+        r = reload(ct)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "model tiny: the wrapper library /usr/lib/hugepage-agent/libhugepage-wrapper.so " \
+            "needs glibc 2." in r.stderr, r.stderr
+        assert "/usr/local/lib/oldsrv/llama-server runs with glibc 2.31" in r.stderr
+        assert main_pid(ct, TINY) == tiny
+        # a binary replaced under a running configuration: its next start fails, saying why
+        put(ct.path("/usr/local/bin/fakeserver"), fake_dir, libc=False)
+        ct.path(CONFIG).write_text(good.replace("/usr/local/bin/fakeserver",
+                                                "/usr/local/lib/fake2/llama-server"))
+        assert reload(ct).returncode == 0  # binary changed: restarted
+        wait_for(lambda: serving(ct, TINY), what=lambda: started(ct, TINY))
+        put(bad, fake_dir, libc=True)
+        ct.systemctl("restart", TINY, check=False)
+        wait_for(lambda: "runs with glibc 2.31" in ct.journal(TINY), what=lambda: ct.journal(TINY))
+        assert ct.prop(TINY, "ActiveState") != "active" or not serving(ct, TINY)
+        assert "ExecStartPre" in ct.journal(TINY) or "control process exited" in ct.journal(TINY)
+    finally:
+        ct.path(CONFIG).write_text(good)
+        reload(ct)
+        ct.systemctl("reset-failed", TINY, check=False)
+        ct.systemctl("restart", TINY, check=False)
+        shutil.rmtree(old_dir, ignore_errors=True)
+        shutil.rmtree(fake_dir, ignore_errors=True)
+    wait_for(lambda: serving(ct, TINY), what=lambda: started(ct, TINY))
+
+
+def test_status_says_why_a_server_runs_without_the_wrapper(ct: Container) -> None:
+    """An operator's unit whose program clears LD_PRELOAD before it starts the
+    server, as some supervisors do."""
+    unit = "cleared.service"
+    unit_file = ct.path(f"/etc/systemd/system/{unit}")
+    unit_file.write_text("[Service]\nExecStart=/usr/bin/env -u LD_PRELOAD "
+                         "/usr/local/bin/fakeserver --model /srv/models/big.gguf\n")
+    text = config_text([("tiny", ["--port", "8080"]), ("big", [])]).replace(
+        'name = "big"\n', f'name = "big"\nunit = "{unit}"\n')
+    ct.path(CONFIG).write_text(text)
+    try:
+        ct.systemctl("daemon-reload")
+        assert reload(ct).returncode == 0, ct.journal("hugepage-agent.service")[-2000:]
+        want = "wrapper not loaded: LD_PRELOAD is not in its environment"
+        wait_for(lambda: model_status(ct, "big")[1]["verdict"].startswith(want),
+                 what=lambda: f"{model_status(ct, 'big')}")
+        # its start was recorded by the drop-in's ExecStartPre, as the template's is
+        rec = json.loads(ct.path("/run/hugepage-agent/start/big.json").read_text())
+        assert rec["unit"] == unit and rec["model"] == "/srv/models/big.gguf"
+        assert rec["invocation"] == ct.prop(unit, "InvocationID")
+    finally:
+        ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
+        reload(ct)
+        ct.systemctl("stop", unit, check=False)
+        unit_file.unlink()
+        ct.systemctl("daemon-reload", check=False)

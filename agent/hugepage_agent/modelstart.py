@@ -60,7 +60,6 @@ def prepare(host: Host, name: str) -> StartChoice | None:
     unit), recorded with what the start runs with (startrecord)."""
     mf = read_model_file(host, name)
     unit = mf.unit or f"llama-server@{name}.service"
-    _check_preload(mf, os.environ)
     record = startrecord.make(host, mf, unit, os.environ)
     choice = None
     if mf.load is not None:
@@ -73,6 +72,8 @@ def prepare(host: Host, name: str) -> StartChoice | None:
         log.warning("model %s: cannot record this start (%s); status cannot tell whether it "
                     "runs the configuration, and the server measures the page cache itself",
                     name, e)
+    # after the record: a fixed configuration then counts as a change to restart for
+    _check_preload(mf, os.environ)
     return choice
 
 
