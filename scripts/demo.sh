@@ -86,8 +86,11 @@ install_demo() {
     install -d -m 0755 "$DEMO_DIR"
     cmp -s "$bin/llama-server" "$DEMO_DIR/llama-server" ||
         install -m 0755 "$bin/llama-server" "$DEMO_DIR/llama-server"
-    cmp -s "$model_path" "$DEMO_DIR/demo.gguf" ||
+    # not cmp: reading the model would put it in the page cache again
+    if [[ ! -f $DEMO_DIR/demo.gguf || $model_path -nt $DEMO_DIR/demo.gguf ||
+          $(stat -c %s "$model_path") != $(stat -c %s "$DEMO_DIR/demo.gguf") ]]; then
         install -m 0644 "$model_path" "$DEMO_DIR/demo.gguf"
+    fi
     install -d -m 0755 "$(dirname "$CONF")"
     cat >"$CONF.tmp" <<EOF
 # The demo: written by ./scripts/install.sh --demo, removed by

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -68,14 +69,26 @@ class Container:
         for tool in ("fakeserver", "maptool"):
             shutil.copy2(build / tool, self.root / "usr/local/bin" / tool)
 
-    def boot(self, timeout: float = 60) -> None:
+    def _nspawn(self, args: str) -> tuple[str, dict[str, str]]:
+        """The shell command that starts systemd-nspawn from cgroups of the
+        container's own (no systemd here to register a scope with)."""
         for base in CGROUP_ROOTS:
             (base / self.name).mkdir(exist_ok=True)
         procs = " ".join(str(base / self.name / "cgroup.procs") for base in CGROUP_ROOTS)
         env = dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="yes")
-        cmd = (f"for f in {procs}; do echo $$ > $f; done; exec systemd-nspawn -q "
-               f"-D {self.root} -M {self.name} --register=no --keep-unit -b "
-               "--console=read-only")
+        return (f"for f in {procs}; do echo $$ > $f; done; exec systemd-nspawn -q "
+                f"-D {self.root} -M {self.name} --register=no --keep-unit {args}"), env
+
+    def run_unbooted(self, script: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """Run a bash script as the container's PID 1: no systemd in it, as in
+        a plain container. Every process it leaves dies with it."""
+        cmd, env = self._nspawn("--pipe --setenv=PATH=" + PATH.split("=", 1)[1]
+                                + " /bin/bash -euo pipefail -c " + shlex.quote(script))
+        return subprocess.run(["sh", "-c", cmd], env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+
+    def boot(self, timeout: float = 60) -> None:
+        cmd, env = self._nspawn("-b --console=read-only")
         with open(self.log, "wb") as log:
             self.nspawn = subprocess.Popen(["sh", "-c", cmd], stdout=log, stderr=log,
                                            stdin=subprocess.DEVNULL, env=env,
