@@ -136,3 +136,14 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
                            capture_output=True, text=True, check=False)
         assert r.returncode == 0, r.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_cache() -> Path:
+    """The demo's heavy parts, as a first run on this machine caches them
+    (scripts/llama.sh, scripts/demo.sh model): handed to the container's
+    ~/.cache like the cache a second run on a fresh machine finds."""
+    r = subprocess.run(["bash", "scripts/demo.sh", "model"], cwd=REPO, capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    return Path(r.stdout.strip())

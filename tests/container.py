@@ -27,6 +27,7 @@ MASK = ("systemd-udevd.service", "systemd-udevd-control.socket", "systemd-udevd-
         "systemd-firstboot.service")
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
 PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CHECKOUT = "/root/hugepage-agent"  # where fresh_machine puts the project's files
 
 
 class ContainerError(RuntimeError):
@@ -194,3 +195,27 @@ def booted(name: str, setup: Callable[[Container], None], *, install: bool = Tru
                 with contextlib.suppress(ContainerError):
                     c.run("systemctl", "stop", unit, check=False)
             c.stop()
+
+
+def fresh_machine(c: Container, demo_cache: Path) -> None:
+    """The checkout at CHECKOUT, the demo's cached parts in root's ~/.cache (as a
+    second run on a fresh machine finds them), and no procps: a minimal root,
+    where nothing may ask `ps` whether systemd runs."""
+    llama = Path(subprocess.run(["bash", "scripts/llama.sh"], cwd=REPO, capture_output=True,
+                                text=True, check=True).stdout.strip())
+    cache = c.path("/root/.cache/hugepage-agent")
+    (cache / "models").mkdir(parents=True)
+    shutil.copy2(demo_cache, cache / "models" / demo_cache.name)
+    shutil.copytree(llama, cache / llama.parent.name / "bin")
+    for ps in ("/usr/bin/ps", "/bin/ps", "/usr/bin/pgrep", "/usr/bin/pkill"):
+        with contextlib.suppress(FileNotFoundError):
+            c.path(ps).unlink()
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        src = REPO / f
+        if src.is_file():
+            dst = c.path(f"{CHECKOUT}/{f}")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(src.read_bytes())
+            dst.chmod(src.stat().st_mode & 0o777)

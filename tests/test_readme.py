@@ -4,22 +4,18 @@ shell block in order, with a stand-in llama-server and model."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import IS_ROOT, REPO
-from tests.container import Container, booted
+from tests.container import CHECKOUT as SRC
+from tests.container import Container, booted, fresh_machine
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: boots systemd-nspawn")
 README = REPO / "README.md"
-SRC = "/root/hugepage-agent"
 
 
 def sh_blocks() -> list[str]:
@@ -34,41 +30,6 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert text.index("```sh") < text.index("## How it works")
     ci = (REPO / ".ci/run").read_text()
     assert "./scripts/test.sh" in ci  # CI runs the README's test command
-
-
-@pytest.fixture(scope="module")
-def demo_cache() -> Path:
-    """The demo's heavy parts, as a first run on this machine caches them
-    (scripts/llama.sh, scripts/demo.sh model): handed to the container's
-    ~/.cache like the cache a second run on a fresh machine finds."""
-    r = subprocess.run(["bash", "scripts/demo.sh", "model"], cwd=REPO, capture_output=True,
-                       text=True, check=False)
-    assert r.returncode == 0, r.stderr
-    return Path(r.stdout.strip())
-
-
-def fresh_machine(c: Container, demo_cache: Path) -> None:
-    """The checkout at SRC, the demo's cached parts in root's ~/.cache (as a
-    second run on a fresh machine finds them), and no procps: a minimal root,
-    where nothing may ask `ps` whether systemd runs."""
-    llama = Path(subprocess.run(["bash", "scripts/llama.sh"], cwd=REPO, capture_output=True,
-                                text=True, check=True).stdout.strip())
-    cache = c.path("/root/.cache/hugepage-agent")
-    (cache / "models").mkdir(parents=True)
-    shutil.copy2(demo_cache, cache / "models" / demo_cache.name)
-    shutil.copytree(llama, cache / llama.parent.name / "bin")
-    for ps in ("/usr/bin/ps", "/bin/ps", "/usr/bin/pgrep", "/usr/bin/pkill"):
-        with contextlib.suppress(FileNotFoundError):
-            c.path(ps).unlink()
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        src = REPO / f
-        if src.is_file():
-            dst = c.path(f"{SRC}/{f}")
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(src.read_bytes())
-            dst.chmod(src.stat().st_mode & 0o777)
 
 
 @pytest.fixture(scope="module")
@@ -133,49 +94,3 @@ def test_readme_commands_run_as_written(host: Container) -> None:
     assert re.search(line, served), served
     assert "OK: as configured" in served
 
-
-def test_the_demo_where_systemd_is_not_pid_1(wrapper_build: Path, demo_cache: Path) -> None:
-    """In a plain container (the script is its PID 1): the install applies
-    once, the demo runs under `hugepage-agent exec` as the servers' user, is
-    served from huge pages, answers, and its removal leaves nothing, its pool
-    pages included."""
-    from tests.conftest import saved_kernel_state, set_pool
-
-    script = f"""
-cd {SRC}
-./scripts/install.sh --demo
-first=$(cat /run/hugepage-agent-demo.pid)
-./scripts/install.sh --demo >/dev/null 2>&1
-[ "$(cat /run/hugepage-agent-demo.pid)" = "$first" ] && echo "one demo: $first"
-hugepage-agent status --json >/root/with.json || true
-./scripts/install.sh --remove-demo
-hugepage-agent status --json >/root/after.json || true
-kill -0 "$first" 2>/dev/null || echo "server gone"
-"""
-    with saved_kernel_state():
-        set_pool(2048, 0)
-        c = Container("hpa-nosd")
-        try:
-            c.prepare(install=False)
-            fresh_machine(c, demo_cache)
-            r = c.run_unbooted(script)
-            out = r.stdout + r.stderr
-            assert r.returncode == 0, out[-5000:]
-            assert "systemd is not PID 1 here" in out
-            served = r"^demo\s+llama-server@demo\.service\s+running \(not a unit\)\s+\d+ .* loaded$"
-            assert re.search(served, r.stdout, flags=re.M), r.stdout
-            assert "completion: '" in r.stdout and "one demo: " in r.stdout
-            assert "server gone" in r.stdout, out[-3000:]
-            with_demo = json.loads(c.path("/root/with.json").read_text())
-            m = next(m for m in with_demo["models"] if m["name"] == "demo")
-            assert m["verdict"] == "loaded" and m["wrapper_loaded"], m
-            after = json.loads(c.path("/root/after.json").read_text())
-            assert after["models"] == []
-            pool = next(p for p in after["pools"] if p["page_size_kb"] == 2048
-                        and p["node"] is None)
-            assert pool["total"] == 0, pool  # the demo's pages given back
-            for gone in ("/var/lib/hugepage-agent-demo", "/run/hugepage-agent-demo.pid",
-                         "/etc/hugepage-agent/config.d/90-demo.toml"):
-                assert not c.path(gone).exists(), gone
-        finally:
-            c.stop()

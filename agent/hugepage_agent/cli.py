@@ -160,14 +160,12 @@ def _cmd_apply(args: argparse.Namespace, host: Host) -> int:
 
 def _check_preload(host: Host, cfg: config.Config) -> None:
     """Refuse, before anything changes, a configuration whose servers the
-    wrapper library would not load into (a missing library is the daemon's
-    to refuse: apply itself does not need it)."""
+    wrapper library would not load into, or that has models and no library."""
     from hugepage_agent import execwrap, preload
 
-    try:
-        library = execwrap.find_library(cfg)
-    except AgentError:
+    if not cfg.models:
         return
+    library = execwrap.find_library(cfg)
     sd = _local_systemd(host) if any(m.unit for m in cfg.models) else None
     cannot = preload.model_problems(cfg, library, sd.exec_info if sd is not None else None)
     if cannot:
