@@ -71,10 +71,12 @@ start_without_systemd() {
         return
     fi
     # unprivileged, as the units run it; the agent's exec preloads the wrapper
+    # and chooses the load mode, from the demo's own file (readable by that
+    # user; /etc/hugepage-agent/config.toml is root's)
     local user=hugepage-llama
     id -u "$user" >/dev/null 2>&1 || user=nobody  # no systemd-sysusers in this root
     setsid setpriv --reuid="$user" --regid="$(id -g "$user")" --init-groups -- \
-        "$AGENT" exec -- "$DEMO_DIR/llama-server" --model "$DEMO_DIR/demo.gguf" \
+        "$AGENT" exec --config "$CONF" -- "$DEMO_DIR/llama-server" --model "$DEMO_DIR/demo.gguf" \
         --host 127.0.0.1 --port "$PORT" -c 512 --threads 2 >"$LOG" 2>&1 </dev/null &
     echo $! >"$PIDFILE"
 }

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -406,6 +408,82 @@ def test_model_unit_under_systemd(llama_ct: Container, llama: Path, q4_model: Pa
     size = q4_model.stat().st_size
     assert cached_bytes(ct.path("/srv/models/small.gguf")) <= 0.05 * size
     assert m["page_cache_bytes"] is not None and m["page_cache_bytes"] <= 0.05 * size
+
+
+def test_a_changed_argument_restarts_the_real_server_once_it_answers_health(
+        llama_ct: Container, llama: Path, q4_model: Path, tmp_path: Path) -> None:
+    """Day two with llama-server itself: a reload after a changed --ctx-size
+    restarts the unit, and returns only once the new server's /health says 200;
+    it then completes exactly as before."""
+    ct = llama_ct
+    unit = "llama-server@small.service"
+    cfg = ct.path("/etc/hugepage-agent/config.toml")
+    old_pid = int(ct.prop(unit, "MainPID"))
+    port = re.search(r'"--port", "(\d+)"', cfg.read_text())
+    assert old_pid and port is not None
+    cfg.write_text(cfg.read_text().replace(f'"--ctx-size", "{CTX}"',
+                                           f'"--ctx-size", "{2 * CTX}"'))
+    r = ct.run("hugepage-agent", "reload", check=False, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr + ct.journal("hugepage-agent.service")[-3000:]
+    pid = int(ct.prop(unit, "MainPID"))
+    cmd = ct.proc(pid, "cmdline").read_bytes().split(b"\0")
+    assert pid != old_pid and cmd[cmd.index(b"--ctx-size") + 1] == str(2 * CTX).encode()
+    client = Server.__new__(Server)
+    client.port = int(port.group(1))
+    # the reload returned after the gate: the server answers at once
+    with urllib.request.urlopen(f"http://127.0.0.1:{client.port}/health", timeout=5) as h:
+        assert h.status == 200
+    assert client.complete(PROMPT)["tokens"] == plain_tokens(llama, q4_model, tmp_path)
+    log = ct.journal("hugepage-agent.service")
+    assert f"model small: args changed; restarting {unit}" in log
+    assert f"model small: {unit} is healthy again" in log
+
+
+def test_a_supervisors_llama_server_child_is_the_one_measured(llama_ct: Container) -> None:
+    """An operator's unit whose main process is a shell that starts llama-server
+    as a child and waits (as ollama does): status measures the child."""
+    ct = llama_ct
+    ct.systemctl("stop", "llama-server@small.service")
+    unit = "supervised.service"
+    unit_file = ct.path(f"/etc/systemd/system/{unit}")
+    unit_file.write_text(
+        "[Service]\nUser=hugepage-llama\nExecStart=/bin/sh -c '/usr/local/bin/llama-server "
+        f"--model /srv/models/small.gguf --host 127.0.0.1 --port {free_port()} --threads 2 "
+        f"--ctx-size {CTX} & wait'\n")
+    cfg = ct.path("/etc/hugepage-agent/config.toml")
+    before = cfg.read_text()
+    cfg.write_text('[[model]]\nname = "small"\npath = "/srv/models/small.gguf"\n'
+                   f'unit = "{unit}"\nargs = ["--ctx-size", "{CTX}"]\n')
+    try:
+        ct.systemctl("daemon-reload")
+        r = ct.run("hugepage-agent", "reload", check=False, timeout=300)
+        assert r.returncode == 0, r.stderr + ct.journal("hugepage-agent.service")[-3000:]
+
+        def small() -> dict[str, Any]:
+            out = ct.run("hugepage-agent", "status", "--json", check=False).stdout
+            return json.loads(out)["models"][0]
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and small()["verdict"] != "loaded":
+            time.sleep(0.5)
+        m = small()
+        assert m["verdict"] == "loaded", (m, ct.journal(unit)[-3000:])
+        shell = int(ct.prop(unit, "MainPID"))
+        assert m["main_pid"] == shell and m["pid"] != shell
+        assert ct.proc(m["pid"], "comm").read_text().strip() == "llama-server"
+        assert [p["pid"] for p in m["processes"]] == [m["pid"]]
+        assert m["processes"][0]["wrapper_loaded"] and m["coverage"] >= 0.99, m
+        assert m["hugetlb_bytes"] >= 256 * MIB
+        prom = ct.run("hugepage-agent", "status", "--prometheus", check=False).stdout
+        assert f'hugepage_agent_model_server_pid{{model="small",unit="{unit}"}} {m["pid"]}' \
+            in prom, prom
+        assert f'hugepage_agent_model_wrapper_loaded{{model="small",unit="{unit}"}} 1' in prom
+    finally:
+        cfg.write_text(before)
+        ct.run("hugepage-agent", "reload", check=False, timeout=300)
+        ct.systemctl("stop", unit, check=False)
+        unit_file.unlink()
+        ct.systemctl("daemon-reload", check=False)
 
 
 def test_strict_model_unit_fails_when_the_pool_is_short(llama_ct: Container) -> None:
