@@ -449,11 +449,12 @@ def test_a_supervisors_llama_server_child_is_the_one_measured(llama_ct: Containe
     unit_file.write_text(
         "[Service]\nUser=hugepage-llama\nExecStart=/bin/sh -c '/usr/local/bin/llama-server "
         f"--model /srv/models/small.gguf --host 127.0.0.1 --port {free_port()} --threads 2 "
-        f"--ctx-size {CTX} & wait'\n")
+        f"--ctx-size {CTX} --load-mode dio & wait'\n")
     cfg = ct.path("/etc/hugepage-agent/config.toml")
     before = cfg.read_text()
+    # its args, for the pool's projection: the agent does not write its command line
     cfg.write_text('[[model]]\nname = "small"\npath = "/srv/models/small.gguf"\n'
-                   f'unit = "{unit}"\nargs = ["--ctx-size", "{CTX}"]\n')
+                   f'unit = "{unit}"\nargs = ["--ctx-size", "{CTX}", "--load-mode", "dio"]\n')
     try:
         ct.systemctl("daemon-reload")
         r = ct.run("hugepage-agent", "reload", check=False, timeout=300)

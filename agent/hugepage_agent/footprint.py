@@ -254,6 +254,14 @@ def project(path: str, args: Sequence[str], server: str, configured_mode: str, *
 CACHE_FILE = "/run/hugepage-agent/footprints.json"
 
 
+def server_load_mode(m: ModelConfig, cfg: Config) -> str:
+    """The load mode a model's server runs with, unless its arguments choose:
+    server.load_mode for the agent's units; llama.cpp's own (a mapping, which
+    the wrapper copies: "keep") for an operator's unit, whose command line the
+    agent does not write."""
+    return cfg.server.load_mode if m.unit is None else "keep"
+
+
 def _cache_key(m: ModelConfig, cfg: Config) -> str:
     try:
         st = os.stat(m.path)
@@ -261,7 +269,7 @@ def _cache_key(m: ModelConfig, cfg: Config) -> str:
     except OSError:
         st, server = None, 0
     return json.dumps([m.path, st.st_size if st else 0, st.st_mtime_ns if st else 0,
-                       list(m.args), cfg.server.binary, server, cfg.server.load_mode,
+                       list(m.args), cfg.server.binary, server, server_load_mode(m, cfg),
                        cfg.wrapper.min_size, cfg.wrapper.alloc_min_size])
 
 
@@ -282,7 +290,7 @@ def project_models(host: Host, cfg: Config, fresh: bool) -> dict[str, Footprint]
         fp = None if fresh else Footprint.from_json(cached.get(key))
         if fp is None:
             try:
-                fp = project(m.path, m.args, cfg.server.binary, cfg.server.load_mode,
+                fp = project(m.path, m.args, cfg.server.binary, server_load_mode(m, cfg),
                              min_size=cfg.wrapper.min_size,
                              alloc_min=cfg.wrapper.alloc_min_size, use_llama=fresh)
             except (OSError, gguf.GGUFError) as e:
