@@ -23,7 +23,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hugepage_agent import gguf, loadmode, units
+from hugepage_agent import gguf, loadmode, serverargs, units
 from hugepage_agent.config import Config, ModelConfig
 from hugepage_agent.errors import HostError
 from hugepage_agent.host import Host
@@ -89,13 +89,7 @@ class Footprint:
             return None
 
 
-def _arg(args: Sequence[str], *names: str) -> str | None:
-    value = None
-    for i, a in enumerate(args):
-        flag, eq, v = a.partition("=")
-        if flag in names:
-            value = v if eq else (args[i + 1] if i + 1 < len(args) else None)
-    return value
+_arg = serverargs.value
 
 
 def _int_arg(args: Sequence[str], default: int, *names: str) -> int:

@@ -7,6 +7,8 @@ import http.client
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hugepage_agent import serverargs
+
 DEFAULT_HOST = "127.0.0.1"  # llama-server's default --host
 TLS_FLAGS = ("--ssl-key-file", "--ssl-cert-file")
 
@@ -21,24 +23,15 @@ class Endpoint:
         return f"http://{host}:{self.port}/health"
 
 
-def _value(args: Sequence[str], flags: tuple[str, ...]) -> str | None:
-    found = None
-    for i, a in enumerate(args):
-        flag, eq, value = a.partition("=")
-        if flag in flags:
-            found = value if eq else (args[i + 1] if i + 1 < len(args) else None)
-    return found
-
-
 def endpoint(args: Sequence[str]) -> Endpoint | None:
     """Where the server answers /health: from --port (and --host); None when
     the arguments name no port, a unix socket, or TLS (not checked here)."""
-    port = _value(args, ("--port",))
+    port = serverargs.value(args, "--port")
     if port is None or not port.isdigit() or not 0 < int(port) < 65536:
         return None
-    if any(a.partition("=")[0] in TLS_FLAGS for a in args):
+    if serverargs.has(args, *TLS_FLAGS):
         return None
-    host = _value(args, ("--host",)) or DEFAULT_HOST
+    host = serverargs.value(args, "--host") or DEFAULT_HOST
     if host.endswith(".sock") or "/" in host:
         return None
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host.strip("[]"))

@@ -1,5 +1,5 @@
-"""The wrapper's own words about a process, from the journal: its one line
-per mapping says 'loaded ...' or why it fell back."""
+"""Reading the journal: the wrapper's own words about a process (its one line
+per mapping says 'loaded ...' or why it fell back), and a unit's last lines."""
 
 from __future__ import annotations
 
@@ -9,20 +9,31 @@ import subprocess
 PREFIX = "hugepage-wrapper["
 
 
-def wrapper_lines(pid: int, unit: str | None = None) -> list[str]:
-    """The wrapper's lines logged by a process (empty when there is no journal)."""
+def _journalctl(*args: str, timeout: float = 5) -> list[str]:
+    """journalctl's lines (none when there is no journal, or it fails)."""
     journalctl = shutil.which("journalctl")
     if journalctl is None:
         return []
-    cmd = [journalctl, "--no-pager", "-o", "cat", f"_PID={pid}"]
-    if unit:
-        cmd.append(f"_SYSTEMD_UNIT={unit}")
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=5,
-                             check=False).stdout
+        out = subprocess.run([journalctl, "--no-pager", *args], capture_output=True, text=True,
+                             timeout=timeout, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
-    return [line for line in out.splitlines() if line.startswith(f"{PREFIX}{pid}]")]
+    return out.splitlines()
+
+
+def wrapper_lines(pid: int, unit: str | None = None) -> list[str]:
+    """The wrapper's lines logged by a process (empty when there is no journal)."""
+    match = [f"_PID={pid}"] + ([f"_SYSTEMD_UNIT={unit}"] if unit else [])
+    return [line for line in _journalctl("-o", "cat", *match)
+            if line.startswith(f"{PREFIX}{pid}]")]
+
+
+def unit_tail(unit: str, invocation: str, lines: int) -> tuple[str, ...]:
+    """A unit's last journal lines, of one start (its invocation id) if given."""
+    match = [f"_SYSTEMD_INVOCATION_ID={invocation}"] if invocation else []
+    out = _journalctl("-o", "short-iso", "-n", str(lines), "-u", unit, *match, timeout=10)
+    return tuple(line for line in out if line and not line.startswith("--"))
 
 
 def fallback_reason(lines: list[str], model_path: str) -> str | None:

@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 
-from hugepage_agent import config, loadmode, pagecache, startrecord, unitfiles
+from hugepage_agent import config, loadmode, pagecache, serverargs, startrecord, unitfiles
 from hugepage_agent.errors import AgentError, HostError
 from hugepage_agent.host import Host
 from hugepage_agent.loadmode import LoadMode, StartChoice
@@ -135,10 +135,4 @@ def choice_env(choice: StartChoice, model_path: str) -> dict[str, str]:
 
 def model_path_in(args: Sequence[str]) -> str | None:
     """The --model of a llama-server command line."""
-    for i, a in enumerate(args):
-        flag, eq, value = a.partition("=")
-        if flag in ("-m", "--model"):
-            if eq:
-                return value
-            return args[i + 1] if i + 1 < len(args) else None
-    return None
+    return serverargs.value(args, "-m", "--model")

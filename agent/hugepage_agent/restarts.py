@@ -5,13 +5,11 @@ on its server being healthy again before the next."""
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hugepage_agent import health, startrecord, unitfiles
+from hugepage_agent import health, journal, startrecord, unitfiles
 from hugepage_agent.config import Config, ModelConfig
 from hugepage_agent.errors import AgentError
 from hugepage_agent.execwrap import find_library, wrapper_env
@@ -112,21 +110,6 @@ def gate(systemd: Systemd, unit: str, endpoint: health.Endpoint | None, old_invo
     return f"was not healthy within {timeout:.0f} s{where}"
 
 
-def journal_tail(unit: str, invocation: str, lines: int = JOURNAL_LINES) -> tuple[str, ...]:
-    journalctl = shutil.which("journalctl")
-    if journalctl is None:
-        return ()
-    cmd = [journalctl, "--no-pager", "-o", "short-iso", "-n", str(lines), "-u", unit]
-    if invocation:
-        cmd.append(f"_SYSTEMD_INVOCATION_ID={invocation}")
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10,
-                             check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return ()
-    return tuple(line for line in out.splitlines() if line and not line.startswith("--"))
-
-
 def restart_changed(host: Host, cfg: Config, systemd: Systemd) -> list[Failed]:
     """Restart each changed model's unit in turn, gated on its health; the
     ones that did not come back, with their journal's last lines."""
@@ -144,7 +127,7 @@ def restart_changed(host: Host, cfg: Config, systemd: Systemd) -> list[Failed]:
         if why is None:
             log.info("model %s: %s is healthy again", c.model.name, c.unit)
             continue
-        tail = journal_tail(c.unit, new)
+        tail = journal.unit_tail(c.unit, new, JOURNAL_LINES)
         f = Failed(c.model.name, c.unit, why, tail)
         log.error("%s after the restart for %s; the other models keep running. Its "
                   "journal's last lines:\n%s", f.message(), ", ".join(c.reasons),
