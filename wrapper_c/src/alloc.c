@@ -139,19 +139,40 @@ static double mib(size_t n)
     return (double)n / (double)(1 << 20);
 }
 
-static void *fallback(size_t size, size_t pages, size_t page, const char *why)
+/* `short_of`: what was short, e.g. "huge page pool short: need 16 x 2 MiB pages, 3 free" */
+static void *fallback_because(size_t size, const char *short_of)
 {
     size_t n = atomic_fetch_add(&fallback_count, 1);
     if (n < FALLBACK_LOG_LINES)
-        hpw_log(HPW_LOG_QUIET, "allocation of %.1f MiB: %s: need %zu x %s pages, %ld free; %s",
-                mib(size), why, pages, page == HPW_1G ? "1 GiB" : "2 MiB",
-                hpw_pool_available(page), hpw_cfg.strict
-                ? "failing it (strict mode, HUGEPAGE_WRAPPER_STRICT=1)"
-                : "served by libc in 4 KiB pages");
+        hpw_log(HPW_LOG_QUIET, "allocation of %.1f MiB: %s; %s", mib(size), short_of,
+                hpw_cfg.strict ? "failing it (strict mode, HUGEPAGE_WRAPPER_STRICT=1)"
+                               : "served by libc in 4 KiB pages");
     else if (n == FALLBACK_LOG_LINES)
         hpw_log(HPW_LOG_QUIET, "more allocations fell back to libc; not logging each");
     errno = ENOMEM;
     return NULL;
+}
+
+static void *fallback(size_t size, size_t pages, size_t page, const char *why)
+{
+    char what[256];
+    snprintf(what, sizeof what, "%s: need %zu x %s pages, %ld free", why, pages,
+             page == HPW_1G ? "1 GiB" : "2 MiB", hpw_pool_available(page));
+    return fallback_because(size, what);
+}
+
+/* Past a cgroup's hugetlb fault limit the first touch raises SIGBUS: 1 (the
+ * fallback logged, errno ENOMEM) when the allocation would cross a limit. */
+static int over_cgroup_limit(size_t size, size_t pages, size_t page)
+{
+    char file[512], what[768];
+    long room = hpw_cgroup_room(page, file, sizeof file);
+    if (room < 0 || (size_t)room >= pages)
+        return 0;
+    snprintf(what, sizeof what, "cgroup hugetlb limit: need %zu x %s pages, %ld allowed by %s",
+             pages, page == HPW_1G ? "1 GiB" : "2 MiB", room, file);
+    fallback_because(size, what);
+    return 1;
 }
 
 static size_t choose_page(size_t size)
@@ -179,6 +200,8 @@ void *hpw_alloc(size_t size)
     long avail = hpw_pool_available(page);
     if (avail >= 0 && (size_t)avail < pages)
         return fallback(size, pages, page, "huge page pool short");
+    if (over_cgroup_limit(size, pages, page))
+        return NULL;
     unsigned flag = page == HPW_1G ? MFD_HUGE_1GB : MFD_HUGE_2MB;
     int fd = memfd_create(HPW_HEAP_MEMFD, MFD_CLOEXEC | MFD_HUGETLB | flag);
     if (fd < 0)
@@ -189,6 +212,14 @@ void *hpw_alloc(size_t size)
     close(fd);
     if (p == MAP_FAILED)
         return fallback(size, pages, page, "huge page pool short");
+    /* under a cgroup's fault limit, the pages are faulted in now: one the limit
+     * refuses is a fallback here, not a SIGBUS at the program's first touch */
+    if (hpw_cgroup_room(page, NULL, 0) >= 0 && hpw_populate(p, len) != 0) {
+        hpw_real_munmap(p, len);
+        if (over_cgroup_limit(size, pages, page))
+            return NULL;
+        return fallback(size, pages, page, "huge pages could not be faulted in");
+    }
     if (hpw_registry_add(HPW_REGION_ALLOC, p, len, page, len, PROT_READ | PROT_WRITE,
                          NULL) != 0) {
         hpw_real_munmap(p, len);

@@ -32,6 +32,7 @@
 struct job {
     int fd;
     int direct;
+    int prefault;  /* fault each chunk in before reading into it (a cgroup limit binds) */
     off_t offset;
     size_t bytes;
     char *dst;
@@ -108,6 +109,10 @@ static void *worker(void *arg)
         if (j->direct) /* aligned length; the destination has room up to a huge page */
             len = (len + HPW_SMALL_PAGE - 1) & ~(HPW_SMALL_PAGE - 1);
         int err = 0;
+        if (j->prefault && hpw_populate(j->dst + start, len) != 0) { /* no SIGBUS in the read */
+            fail(j, errno, "faulting in huge pages");
+            break;
+        }
         if (read_full(fd, j->dst + start, len, j->offset + (off_t)start, must, &err) < 0) {
             fail(j, err, "read");
             break;
@@ -134,11 +139,11 @@ unsigned hpw_default_threads(size_t bytes)
     return cpus == 0 ? 1 : cpus;
 }
 
-int hpw_fill(int fd, int direct, off_t offset, size_t bytes, char *dst,
+int hpw_fill(int fd, int direct, int prefault, off_t offset, size_t bytes, char *dst,
              unsigned threads, const char **what)
 {
     struct job j = {
-        .fd = fd, .direct = direct, .offset = offset, .bytes = bytes, .dst = dst,
+        .fd = fd, .direct = direct, .prefault = prefault, .offset = offset, .bytes = bytes, .dst = dst,
         .nchunks = (bytes + CHUNK - 1) / CHUNK, .err = 0, .what = NULL,
     };
     atomic_init(&j.failed, 0);

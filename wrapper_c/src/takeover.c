@@ -53,12 +53,12 @@ static void *give_up(const char *path, int *taken)
     return NULL;
 }
 
-static int fill_from(int fd, int direct, off_t offset, size_t bytes, char *dst,
+static int fill_from(int fd, int direct, int prefault, off_t offset, size_t bytes, char *dst,
                      unsigned *threads, const char **what)
 {
     if (*threads == 0)
         *threads = hpw_default_threads(bytes);
-    int rc = hpw_fill(fd, direct, offset, bytes, dst, *threads, what);
+    int rc = hpw_fill(fd, direct, prefault, offset, bytes, dst, *threads, what);
     if (rc == 0 || !direct || errno != EINVAL)
         return rc;
     /* O_DIRECT refused by this file system: read through a plain descriptor. */
@@ -67,7 +67,7 @@ static int fill_from(int fd, int direct, off_t offset, size_t bytes, char *dst,
     int plain = open(link, O_RDONLY | O_CLOEXEC);
     if (plain < 0)
         return -1;
-    rc = hpw_fill(plain, 0, offset, bytes, dst, *threads, what);
+    rc = hpw_fill(plain, 0, prefault, offset, bytes, dst, *threads, what);
     int saved = errno;
     close(plain);
     errno = saved;
@@ -119,10 +119,23 @@ struct plan {
     size_t align;
 };
 
-static int have(size_t page, size_t n)
+static int pool_gives(size_t page, size_t n)
 {
     long avail = n ? hpw_pool_available(page) : 0;
     return n == 0 || (avail >= 0 && (size_t)avail >= n);
+}
+
+static int cgroup_allows(size_t page, size_t n, char *file, size_t file_len)
+{
+    long room = n ? hpw_cgroup_room(page, file, file_len) : -1;
+    return room < 0 || (size_t)room >= n;
+}
+
+/* The pool has n pages of this size, and the cgroups let this process take
+ * them (past a fault limit, the first touch would raise SIGBUS). */
+static int have(size_t page, size_t n)
+{
+    return pool_gives(page, n) && cgroup_allows(page, n, NULL, 0);
 }
 
 /* Auto mode: 1 GiB pages for the whole gigabytes and 2 MiB pages for the rest
@@ -151,6 +164,15 @@ static int pool_has(const struct plan *p, char *why, size_t size)
     size_t n1 = p->big / HPW_1G, n2 = p->small / HPW_2M;
     if (have(HPW_1G, n1) && have(HPW_2M, n2))
         return 1;
+    char file[512];
+    if (pool_gives(HPW_1G, n1) && pool_gives(HPW_2M, n2)) { /* a cgroup limit binds */
+        size_t page = cgroup_allows(HPW_1G, n1, file, sizeof file) ? HPW_2M : HPW_1G;
+        size_t n = page == HPW_1G ? n1 : n2;
+        long room = hpw_cgroup_room(page, file, sizeof file);
+        snprintf(why, size, "cgroup hugetlb limit: need %zu x %s pages, %ld allowed by %s", n,
+                 page == HPW_1G ? "1 GiB" : "2 MiB", room < 0 ? 0 : room, file);
+        return 0;
+    }
     long a1 = hpw_pool_available(HPW_1G), a2 = hpw_pool_available(HPW_2M);
     int w = snprintf(why, size, "huge page pool short: need");
     if (n1 && w > 0 && (size_t)w < size)
@@ -200,7 +222,7 @@ void *hpw_try_takeover(size_t length, int prot, int flags, int fd, off_t offset,
         return NULL; /* the file holds less than that: not worth a copy */
     plan_pages(&pl);
 
-    char path[4096], why[160];
+    char path[4096], why[640];
     fd_path(fd, path, sizeof path);
     if (!pool_has(&pl, why, sizeof why)) {
         hpw_log(HPW_LOG_QUIET, "%s: %s; %s", path, why, hpw_cfg.strict ? "not falling back"
@@ -238,17 +260,34 @@ void *hpw_try_takeover(size_t length, int prot, int flags, int fd, off_t offset,
     const char *what = NULL;
     unsigned threads = hpw_cfg.threads;
     int direct = (fl & O_DIRECT) != 0;
-    if (fill_from(fd, direct, offset, pl.bytes, base, &threads, &what) != 0) {
-        hpw_log(HPW_LOG_QUIET, "%s: %s failed while copying into huge pages (%s); %s", path,
-                what ? what : "read", strerror(errno), hpw_cfg.strict ? "not falling back"
-                : "falling back to the regular file mapping");
+    /* The pages past the data too: the whole copy is then backed by huge pages
+     * from the start, as smaps shows. */
+    size_t past_data = (pl.bytes + HPW_2M - 1) / HPW_2M * HPW_2M;
+    /* Under a cgroup's fault limit, each page is faulted in before it is
+     * written, so that a page the limit refuses is an error here, not a
+     * SIGBUS; elsewhere the pool's reservation (at mmap) guarantees them, and
+     * the faults of the copy itself are cheaper than a separate pass. */
+    int limited = hpw_cgroup_room(HPW_2M, NULL, 0) >= 0 || hpw_cgroup_room(HPW_1G, NULL, 0) >= 0;
+    int filled = fill_from(fd, direct, limited, offset, pl.bytes, base, &threads, &what) == 0;
+    if (filled && past_data < huge_len && limited &&
+        hpw_populate(base + past_data, huge_len - past_data) != 0) {
+        filled = 0;
+        what = "faulting in huge pages";
+    }
+    for (size_t pos = past_data; filled && !limited && pos < huge_len; pos += HPW_2M)
+        *(volatile char *)(base + pos) = 0; /* reserved at mmap: no limit can refuse it */
+    if (!filled) {
+        int err = errno;
+        if (!pool_has(&pl, why, sizeof why)) /* a limit crossed since the check */
+            hpw_log(HPW_LOG_QUIET, "%s: %s; %s", path, why, hpw_cfg.strict ? "not falling back"
+                    : "falling back to the regular file mapping");
+        else
+            hpw_log(HPW_LOG_QUIET, "%s: %s failed while copying into huge pages (%s); %s",
+                    path, what ? what : "read", strerror(err), hpw_cfg.strict
+                    ? "not falling back" : "falling back to the regular file mapping");
         hpw_real_munmap(base, span);
         return give_up(path, taken);
     }
-    /* Fault in the pages past the data too: the whole copy is then backed by
-     * huge pages from the start, as smaps shows. */
-    for (size_t pos = (pl.bytes + HPW_2M - 1) / HPW_2M * HPW_2M; pos < huge_len; pos += HPW_2M)
-        *(volatile char *)(base + pos) = 0;
     double secs = now() - t0;
     hpw_real_mprotect(base, huge_len, prot);
 

@@ -87,8 +87,18 @@ void hpw_alloc_report(void);
 /* pool.c: what the kernel's huge page pool can still give, in pages. */
 long hpw_pool_available(size_t page_size);
 
-/* copy.c: fill memory with file contents, in parallel; drops the page cache read. */
-int hpw_fill(int fd, int direct, off_t offset, size_t bytes, char *dst,
+/* cgroup.c: how many more huge pages of a size this process's cgroups let it
+ * fault in and reserve; -1 when no limit binds. `file` names the limit that
+ * binds (its path). */
+long hpw_cgroup_room(size_t page, char *file, size_t file_len);
+/* Fault in [p, p+len) of a huge page mapping now (MADV_POPULATE_WRITE): -1
+ * (errno EFAULT) where a page cannot be had, a cgroup's fault limit above all,
+ * instead of a SIGBUS at the program's first touch. */
+int hpw_populate(char *p, size_t len);
+
+/* copy.c: fill memory with file contents, in parallel; drops the page cache read.
+ * `prefault`: fault each chunk in first (hpw_populate), where a page may be refused. */
+int hpw_fill(int fd, int direct, int prefault, off_t offset, size_t bytes, char *dst,
              unsigned threads, const char **what);
 unsigned hpw_default_threads(size_t bytes);
 
