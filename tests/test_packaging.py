@@ -5,6 +5,8 @@ and the RPM built from the same tree."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -69,6 +71,40 @@ def test_rpm_contents(dist: Path) -> None:
     conf = subprocess.run(["rpm", "-qpc", str(next(dist.glob("*.rpm")))], capture_output=True,
                           text=True, check=True).stdout.split()
     assert conf == ["/etc/hugepage-agent/config.toml"]
+
+
+def rpm_scriptlets(rpm: Path) -> dict[str, str]:
+    """The RPM's scriptlets as rpm itself reports them: name -> body."""
+    out = subprocess.run(["rpm", "-qp", "--scripts", str(rpm)], capture_output=True,
+                         text=True, check=True).stdout
+    parts = re.split(r"^(\w+) scriptlet \(using /bin/sh\):\n", out, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_rpm_scriptlets_run_clean(dist: Path, tmp_path: Path) -> None:
+    """Each scriptlet, run as rpm runs it (sh, with $1 the package count) and
+    with stand-ins for systemctl and systemd-sysusers that record their
+    arguments: exit 0, nothing on stderr (a file path pasted as a command says
+    `not found` there), shellcheck clean."""
+    scripts = rpm_scriptlets(next(dist.glob("*.rpm")))
+    assert set(scripts) == {"postinstall", "preuninstall"}, scripts
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    log = tmp_path / "calls"
+    for tool in ("systemctl", "systemd-sysusers"):
+        (stubs / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> "{log}"\n')
+        (stubs / tool).chmod(0o755)
+    for name, arg in (("postinstall", "1"), ("preuninstall", "0")):
+        body = scripts[name]
+        r = subprocess.run(["/bin/sh", "-c", body, "sh", arg], capture_output=True, text=True,
+                           env={"PATH": f"{stubs}:/usr/bin:/bin"}, check=False)
+        assert r.returncode == 0 and r.stderr == "", (name, r.stderr, body)
+        if shutil.which("shellcheck") is None:
+            pytest.fail("shellcheck is missing: scripts/deps.sh installs it")
+        sc = subprocess.run(["shellcheck", "-s", "sh", "-"], input=body, capture_output=True,
+                            text=True, check=False)
+        assert sc.returncode == 0, (name, sc.stdout)
+    assert "systemd-sysusers /usr/lib/sysusers.d/hugepage-agent.conf" in log.read_text()
 
 
 @pytest.fixture(scope="module")
