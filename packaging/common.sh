@@ -1,5 +1,7 @@
+# shellcheck shell=bash
 # Sourced by build-deb.sh and build-rpm.sh from the top of the tree.
 # VERSION: the one version, from agent/hugepage_agent/__init__.py.
+# shellcheck disable=SC2034  # used by the scripts that source this file
 VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' agent/hugepage_agent/__init__.py)
 
 # copy_tree DEST: the tracked source files (or, outside git, the source

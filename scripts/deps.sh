@@ -19,6 +19,7 @@ APT_PACKAGES=(
     debootstrap systemd-container
     debhelper dpkg-dev fakeroot lintian rpm
     cmake curl procps util-linux
+    shellcheck  # the scripts and the packages' maintainer scripts, in the test command
     prometheus  # for promtool: the alerting rules' checks and unit tests
     ansible ansible-lint  # the fleet role, its test (nsenter connection) and lint
 )

@@ -56,6 +56,6 @@ cmake --build "$work/build" --target "${TARGETS[@]}" -j"$(nproc)" >"$work/build.
     || { tail -n 40 "$work/build.log" >&2; exit 1; }
 mkdir -p "$OUT/bin.tmp"
 for t in "${TARGETS[@]}"; do cp "$work/build/bin/$t" "$OUT/bin.tmp/"; done
-rm -rf "$OUT/bin"
+rm -rf "${OUT:?}/bin"
 mv "$OUT/bin.tmp" "$OUT/bin"
 echo "$OUT/bin"

@@ -23,5 +23,8 @@ echo "== ruff"
 "$VENV/bin/ruff" check agent tests bench
 echo "== mypy"
 "$VENV/bin/mypy"
+echo "== shellcheck (scripts, packaging, the Debian maintainer scripts, CI)"
+shellcheck scripts/*.sh packaging/*.sh packaging/debian/postinst packaging/debian/postrm \
+    packaging/debian/prerm .ci/run
 echo "== pytest"
 exec "$VENV/bin/python" -m pytest "${pytest_args[@]}"
