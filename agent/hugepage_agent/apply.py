@@ -11,7 +11,17 @@ import logging
 import time
 from dataclasses import dataclass
 
-from hugepage_agent import footprint, loadmode, persist, pools, pretouch, reserve, thp, units
+from hugepage_agent import (
+    consts,
+    footprint,
+    loadmode,
+    persist,
+    pools,
+    pretouch,
+    reserve,
+    thp,
+    units,
+)
 from hugepage_agent.config import Config
 from hugepage_agent.errors import HostError
 from hugepage_agent.host import Host
@@ -19,7 +29,7 @@ from hugepage_agent.plan import Plan, make_plan
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "/run/hugepage-agent/last-apply.json"
+STATE_FILE = consts.LAST_APPLY_FILE
 
 
 @dataclass(frozen=True)

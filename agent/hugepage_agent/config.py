@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hugepage_agent import units
+from hugepage_agent import consts, units
 from hugepage_agent.errors import ConfigError, HostError
 from hugepage_agent.host import Host
 
@@ -28,7 +28,7 @@ else:  # pragma: no cover - Debian 12 has 3.11
 
 MAIN_CONFIG = "/etc/hugepage-agent/config.toml"
 DROPIN_GLOB = "/etc/hugepage-agent/config.d/*.toml"
-DEFAULT_LIBRARY = "/usr/lib/hugepage-agent/libhugepage-wrapper.so"
+DEFAULT_LIBRARY = consts.DEFAULT_LIBRARY
 DEFAULT_SERVER = "/usr/local/bin/llama-server"
 DEFAULT_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hugepage_agent import consts
 from hugepage_agent.errors import HostError
 from hugepage_agent.host import Host
 
-MEMFD_PREFIX = "/memfd:hugepage-wrapper:"
-HEAP_MEMFD = "/memfd:hugepage-wrapper-heap"
-LIBRARY_NAME = "libhugepage-wrapper.so"
+MEMFD_PREFIX = f"/memfd:{consts.FILE_MEMFD_PREFIX}"  # as /proc/PID/maps names them
+HEAP_MEMFD = f"/memfd:{consts.HEAP_MEMFD}"
+LIBRARY_NAME = consts.LIBRARY_NAME
 
 _FILE, _HEAP, _PLAIN, _ANON = "file", "heap", "plain", "anon"
 

@@ -11,11 +11,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from hugepage_agent import footprint, loadmode, modelstart
+from hugepage_agent import consts, footprint, loadmode, modelstart
 from hugepage_agent.config import DEFAULT_LIBRARY, Config
 from hugepage_agent.errors import AgentError, ConfigError
 
-LIBRARY_NAME = "libhugepage-wrapper.so"
+LIBRARY_NAME = consts.LIBRARY_NAME
 
 
 def library_candidates() -> list[str]:
@@ -42,16 +42,16 @@ def wrapper_env(cfg: Config, library: str) -> dict[str, str]:
     w = cfg.wrapper
     env = {
         "LD_PRELOAD": library,
-        "HUGEPAGE_WRAPPER_MIN_SIZE": str(w.min_size),
-        "HUGEPAGE_WRAPPER_ALLOC_MIN_SIZE": str(w.alloc_min_size),
-        "HUGEPAGE_WRAPPER_PAGE_SIZE": w.page_size,
-        "HUGEPAGE_WRAPPER_STRICT": "1" if w.strict else "0",
-        "HUGEPAGE_WRAPPER_LOG": w.log,
+        consts.ENV_MIN_SIZE: str(w.min_size),
+        consts.ENV_ALLOC_MIN_SIZE: str(w.alloc_min_size),
+        consts.ENV_PAGE_SIZE: w.page_size,
+        consts.ENV_STRICT: "1" if w.strict else "0",
+        consts.ENV_LOG: w.log,
         # a file copy leaves what it read in the page cache only when asked to
-        "HUGEPAGE_WRAPPER_KEEP_CACHE": "1" if cfg.server.page_cache == "keep" else "0",
+        consts.ENV_KEEP_CACHE: "1" if cfg.server.page_cache == "keep" else "0",
     }
     if w.threads:
-        env["HUGEPAGE_WRAPPER_THREADS"] = str(w.threads)
+        env[consts.ENV_THREADS] = str(w.threads)
     return env
 
 

@@ -23,7 +23,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hugepage_agent import gguf, loadmode, serverargs, units
+from hugepage_agent import consts, gguf, loadmode, serverargs, units
 from hugepage_agent.config import Config, ModelConfig
 from hugepage_agent.errors import HostError
 from hugepage_agent.host import Host
@@ -245,7 +245,7 @@ def project(path: str, args: Sequence[str], server: str, configured_mode: str, *
                      load_mode=lm.mode, alloc_min=alloc_min)
 
 
-CACHE_FILE = "/run/hugepage-agent/footprints.json"
+CACHE_FILE = consts.FOOTPRINT_CACHE
 
 
 def server_load_mode(m: ModelConfig, cfg: Config) -> str:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-PREFIX = "hugepage-wrapper["
+from hugepage_agent import consts
+
+PREFIX = f"{consts.LOG_PREFIX}["
 
 
 def _journalctl(*args: str, timeout: float = 5) -> list[str]:

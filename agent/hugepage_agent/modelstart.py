@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 
-from hugepage_agent import config, loadmode, pagecache, serverargs, startrecord, unitfiles
+from hugepage_agent import config, consts, loadmode, pagecache, serverargs, startrecord, unitfiles
 from hugepage_agent.errors import AgentError, HostError
 from hugepage_agent.host import Host
 from hugepage_agent.loadmode import LoadMode, StartChoice
@@ -27,7 +27,7 @@ from hugepage_agent.loadmode import LoadMode, StartChoice
 log = logging.getLogger(__name__)
 
 FRESH_SECONDS = 600.0  # a recorded choice older than this is not this start's
-DROP_ENV = "HUGEPAGE_WRAPPER_DROP_CACHE"
+DROP_ENV = consts.ENV_DROP_CACHE
 identity = startrecord.identity
 
 
@@ -84,7 +84,7 @@ def _check_preload(mf: unitfiles.ModelFile, env: Mapping[str, str]) -> None:
     this runs without the wrapper, which a large read would go through."""
     from hugepage_agent import preload, systemd
 
-    library = env.get("HUGEPAGE_AGENT_PRELOAD", "").replace(":", " ").split()
+    library = env.get(consts.PRELOAD_ENV, "").replace(":", " ").split()
     if not library:
         return
     binary: str | None = mf.binary

@@ -29,14 +29,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hugepage_agent import pools
+from hugepage_agent import consts, pools
 from hugepage_agent.errors import HostError
 from hugepage_agent.host import Host
 from hugepage_agent.libc import libc, mapped
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "/run/hugepage-agent/pretouch.json"
+STATE_FILE = consts.PRETOUCH_STATE
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 MAP_HUGETLB = 0x40000
 MAP_HUGE_SHIFT = 26

@@ -18,12 +18,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hugepage_agent import unitfiles
+from hugepage_agent import consts, unitfiles
 from hugepage_agent.config import Config, ModelConfig
 from hugepage_agent.errors import HostError
 from hugepage_agent.host import Host
 
-START_DIR = "/run/hugepage-agent/start"
+START_DIR = consts.START_DIR
 
 ARGS = "args changed"
 MODEL_FILE = "model file changed"

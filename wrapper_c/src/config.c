@@ -75,7 +75,7 @@ void hpw_config_load(void)
     const char *v;
 
     /* The log level first, so that later messages honour it. */
-    if ((v = secure_getenv("HUGEPAGE_WRAPPER_LOG")) != NULL && *v != '\0') {
+    if ((v = secure_getenv(HPW_ENV_LOG)) != NULL && *v != '\0') {
         if (strcmp(v, "quiet") == 0)
             hpw_cfg.log = HPW_LOG_QUIET;
         else if (strcmp(v, "info") == 0)
@@ -83,25 +83,25 @@ void hpw_config_load(void)
         else if (strcmp(v, "debug") == 0)
             hpw_cfg.log = HPW_LOG_DEBUG;
         else
-            invalid("HUGEPAGE_WRAPPER_LOG", v, "quiet, info or debug");
+            invalid(HPW_ENV_LOG, v, "quiet, info or debug");
     }
-    if ((v = secure_getenv("HUGEPAGE_WRAPPER_MIN_SIZE")) != NULL && *v != '\0') {
+    if ((v = secure_getenv(HPW_ENV_MIN_SIZE)) != NULL && *v != '\0') {
         size_t n;
         if (hpw_parse_size(v, &n) == 0 && n > 0)
             hpw_cfg.min_size = n;
         else
-            invalid("HUGEPAGE_WRAPPER_MIN_SIZE", v, "a positive size such as 1G or 536870912");
+            invalid(HPW_ENV_MIN_SIZE, v, "a positive size such as 1G or 536870912");
     }
-    if ((v = secure_getenv("HUGEPAGE_WRAPPER_ALLOC_MIN_SIZE")) != NULL && *v != '\0') {
+    if ((v = secure_getenv(HPW_ENV_ALLOC_MIN_SIZE)) != NULL && *v != '\0') {
         size_t n;
         if (strcmp(v, "off") == 0)
             hpw_cfg.alloc_min = 0;
         else if (hpw_parse_size(v, &n) == 0)
             hpw_cfg.alloc_min = n; /* 0 is off too */
         else
-            invalid("HUGEPAGE_WRAPPER_ALLOC_MIN_SIZE", v, "a size such as 8M, or off");
+            invalid(HPW_ENV_ALLOC_MIN_SIZE, v, "a size such as 8M, or off");
     }
-    if ((v = secure_getenv("HUGEPAGE_WRAPPER_PAGE_SIZE")) != NULL && *v != '\0') {
+    if ((v = secure_getenv(HPW_ENV_PAGE_SIZE)) != NULL && *v != '\0') {
         if (strcmp(v, "2M") == 0 || strcmp(v, "2m") == 0)
             hpw_cfg.page = HPW_PAGE_2M;
         else if (strcmp(v, "1G") == 0 || strcmp(v, "1g") == 0)
@@ -109,17 +109,17 @@ void hpw_config_load(void)
         else if (strcmp(v, "auto") == 0)
             hpw_cfg.page = HPW_PAGE_AUTO;
         else
-            invalid("HUGEPAGE_WRAPPER_PAGE_SIZE", v, "2M, 1G or auto");
+            invalid(HPW_ENV_PAGE_SIZE, v, "2M, 1G or auto");
     }
-    load_flag("HUGEPAGE_WRAPPER_STRICT", &hpw_cfg.strict);
-    load_flag("HUGEPAGE_WRAPPER_KEEP_CACHE", &hpw_cfg.keep_cache);
-    if ((v = secure_getenv("HUGEPAGE_WRAPPER_THREADS")) != NULL && *v != '\0') {
+    load_flag(HPW_ENV_STRICT, &hpw_cfg.strict);
+    load_flag(HPW_ENV_KEEP_CACHE, &hpw_cfg.keep_cache);
+    if ((v = secure_getenv(HPW_ENV_THREADS)) != NULL && *v != '\0') {
         char *end = NULL;
         errno = 0;
         long n = strtol(v, &end, 10);
         if (errno == 0 && end != v && *end == '\0' && n >= 1 && n <= 256)
             hpw_cfg.threads = (unsigned)n;
         else
-            invalid("HUGEPAGE_WRAPPER_THREADS", v, "a whole number from 1 to 256");
+            invalid(HPW_ENV_THREADS, v, "a whole number from 1 to 256");
     }
 }

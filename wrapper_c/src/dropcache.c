@@ -22,7 +22,7 @@ static int target_set;
 
 void hpw_dropcache_init(void)
 {
-    const char *path = secure_getenv("HUGEPAGE_WRAPPER_DROP_CACHE");
+    const char *path = secure_getenv(HPW_ENV_DROP_CACHE);
     struct stat st;
     if (path == NULL || *path == '\0')
         return;

@@ -13,7 +13,7 @@ void hpw_log(enum hpw_log_level level, const char *fmt, ...)
         return;
     int saved = errno;
     char buf[1024];
-    int n = snprintf(buf, sizeof buf, "hugepage-wrapper[%ld]: ", (long)getpid());
+    int n = snprintf(buf, sizeof buf, HPW_LOG_PREFIX "[%ld]: ", (long)getpid());
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);

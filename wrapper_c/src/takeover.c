@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MEMFD_PREFIX "hugepage-wrapper:"
+#define MEMFD_PREFIX HPW_FILE_MEMFD_PREFIX
 #define MEMFD_NAME_MAX 249
 
 static double now(void)

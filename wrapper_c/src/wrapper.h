@@ -16,7 +16,21 @@
 enum hpw_log_level { HPW_LOG_QUIET = 0, HPW_LOG_INFO = 1, HPW_LOG_DEBUG = 2 };
 enum hpw_page_choice { HPW_PAGE_AUTO = 0, HPW_PAGE_2M, HPW_PAGE_1G };
 
-#define HPW_HEAP_MEMFD "hugepage-wrapper-heap"
+/* The contracts with the agent (agent/hugepage_agent/consts.py defines them
+ * too; tests/test_contracts.py holds the two equal): the library's file name,
+ * the memfd names /proc/PID/smaps shows, the log prefix, the environment. */
+#define HPW_LIBRARY_NAME "libhugepage-wrapper.so"
+#define HPW_HEAP_MEMFD "hugepage-wrapper-heap"       /* large allocations */
+#define HPW_FILE_MEMFD_PREFIX "hugepage-wrapper:"    /* a file copy: PREFIX + its path */
+#define HPW_LOG_PREFIX "hugepage-wrapper"            /* each line: PREFIX[PID]: ... */
+#define HPW_ENV_MIN_SIZE "HUGEPAGE_WRAPPER_MIN_SIZE"
+#define HPW_ENV_ALLOC_MIN_SIZE "HUGEPAGE_WRAPPER_ALLOC_MIN_SIZE"
+#define HPW_ENV_PAGE_SIZE "HUGEPAGE_WRAPPER_PAGE_SIZE"
+#define HPW_ENV_STRICT "HUGEPAGE_WRAPPER_STRICT"
+#define HPW_ENV_LOG "HUGEPAGE_WRAPPER_LOG"
+#define HPW_ENV_THREADS "HUGEPAGE_WRAPPER_THREADS"
+#define HPW_ENV_KEEP_CACHE "HUGEPAGE_WRAPPER_KEEP_CACHE"
+#define HPW_ENV_DROP_CACHE "HUGEPAGE_WRAPPER_DROP_CACHE"
 #define HPW_ALLOC_MIN_DEFAULT (8UL << 20)
 
 struct hpw_config {
