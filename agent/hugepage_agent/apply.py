@@ -6,13 +6,11 @@ invalid configuration leaves the host as it was.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
 
 from hugepage_agent import (
-    consts,
     footprint,
     loadmode,
     persist,
@@ -22,14 +20,15 @@ from hugepage_agent import (
     thp,
     units,
 )
+from hugepage_agent import state as state_file
 from hugepage_agent.config import Config
 from hugepage_agent.errors import HostError
 from hugepage_agent.host import Host
-from hugepage_agent.plan import Plan, make_plan
+from hugepage_agent.plan import Plan, plan_with
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = consts.LAST_APPLY_FILE
+STATE_FILE = state_file.LAST_APPLY_FILE
 
 
 @dataclass(frozen=True)
@@ -50,16 +49,6 @@ class ApplyReport:
     @property
     def met(self) -> bool:
         return self.result is None or self.result.met
-
-
-def plan_for(host: Host, cfg: Config) -> Plan:
-    """The plan from what the last apply projected for each model, or an estimate."""
-    return plan_with(host, cfg, footprint.project_models(host, cfg, fresh=False))
-
-
-def plan_with(host: Host, cfg: Config, fps: dict[str, footprint.Footprint]) -> Plan:
-    needs = {name: fp.pool_bytes(cfg.pool.page_size) for name, fp in fps.items()}
-    return make_plan(cfg, pools.mem_total_bytes(host), pools.online_nodes(host), needs)
 
 
 def controls(host: Host, plan: Plan) -> list[pools.KernelPool]:
@@ -154,21 +143,7 @@ def _save_state(host: Host, plan: Plan, result: reserve.ReserveResult,
         "room_bytes": result.room_bytes,
         "pretouch": touched.to_json() if touched is not None else None,
     }
-    try:
-        host.write_atomic(STATE_FILE, json.dumps(state, indent=1) + "\n")
-    except HostError as e:  # /run missing in a bare chroot: not worth failing the apply
-        log.warning("could not record the result: %s", e)
-
-
-def read_last_state(host: Host) -> dict[str, object] | None:
-    text = host.read_optional(STATE_FILE)
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+    state_file.write_last_apply(host, state)
 
 
 def render(report: ApplyReport) -> str:

@@ -39,6 +39,7 @@ from hugepage_agent.errors import AgentError
 from hugepage_agent.execwrap import find_library
 from hugepage_agent.host import Host
 from hugepage_agent.notify import notify
+from hugepage_agent.plan import plan_for
 from hugepage_agent.systemd import Systemd, SystemdError
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ class Agent:
         if self.cfg is None:
             return
         try:
-            plan = apply.plan_for(self.host, self.cfg)
+            plan = plan_for(self.host, self.cfg)
             goals = [n for _, n in plan.per_node] if plan.per_node else [plan.target]
             freed = sum(max(0, c.total() - max(goal, c.in_use()))
                         for c, goal in zip(apply.controls(self.host, plan), goals))
@@ -223,7 +224,7 @@ class Agent:
         if self.cfg is None:
             return
         try:
-            plan = apply.plan_for(self.host, self.cfg)
+            plan = plan_for(self.host, self.cfg)
             have = sum(c.total() for c in apply.controls(self.host, plan))
             if have >= plan.target:
                 log.info("%s: pool still at %d of %d pages", reason, have, plan.target)
@@ -240,7 +241,7 @@ class Agent:
         # Everything that can be refused is refused before anything changes.
         library = find_library(cfg)
         files = models.render_all(cfg, library)
-        apply.plan_for(self.host, cfg)
+        plan_for(self.host, cfg)
         cannot = preload.model_problems(cfg, library, self.systemd.exec_info
                                         if self.systemd is not None else None)
         if cannot:

@@ -6,9 +6,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hugepage_agent import units
+from hugepage_agent import footprint, pools, units
 from hugepage_agent.config import Config
 from hugepage_agent.errors import ConfigError
+from hugepage_agent.host import Host
 
 
 @dataclass(frozen=True)
@@ -70,3 +71,14 @@ def make_plan(cfg: Config, mem_total: int, nodes_online: list[int],
     return Plan(page_size=ps, target=target, per_node=tuple(per_node),
                 auto=pool.size is None, model_pages=model_pages, limit_bytes=limit_bytes,
                 mem_total=mem_total, per_model=per_model)
+
+
+def plan_with(host: Host, cfg: Config, fps: Mapping[str, footprint.Footprint]) -> Plan:
+    """The plan for these projections of the models (footprint), on this host."""
+    needs = {name: fp.pool_bytes(cfg.pool.page_size) for name, fp in fps.items()}
+    return make_plan(cfg, pools.mem_total_bytes(host), pools.online_nodes(host), needs)
+
+
+def plan_for(host: Host, cfg: Config) -> Plan:
+    """The plan from what the last apply projected for each model, or an estimate."""
+    return plan_with(host, cfg, footprint.project_models(host, cfg, fresh=False))

@@ -13,7 +13,6 @@ from typing import Any
 
 from hugepage_agent import (
     __version__,
-    apply,
     coverage,
     execwrap,
     footprint,
@@ -29,10 +28,11 @@ from hugepage_agent import (
     unitfiles,
     units,
 )
+from hugepage_agent import state as state_file
 from hugepage_agent.config import Config, ModelConfig
 from hugepage_agent.errors import AgentError, HostError
 from hugepage_agent.host import Host
-from hugepage_agent.plan import Plan
+from hugepage_agent.plan import Plan, plan_with
 from hugepage_agent.systemd import Systemd, SystemdError, UnitState
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ def collect(host: Host, cfg: Config | None, cfg_error: str | None = None,
     if cfg is not None:
         fps = footprint.project_models(host, cfg, fresh=False)
         try:
-            plan = apply.plan_with(host, cfg, fps)
+            plan = plan_with(host, cfg, fps)
         except AgentError as e:
             problems.append(f"configuration: {e}")
 
@@ -353,7 +353,7 @@ def collect(host: Host, cfg: Config | None, cfg_error: str | None = None,
             "conflicts": [{"file": c.file, "line": c.line, "value": c.value,
                            "overrides": c.overrides} for c in conflicts],
         },
-        "last_apply": apply.read_last_state(host),
+        "last_apply": state_file.read_last_apply(host),
         "models": models,
         "problems": problems,
         "degraded": bool(problems),
