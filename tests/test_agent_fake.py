@@ -449,3 +449,21 @@ def test_servers_are_found_in_the_units_cgroup(tmp_path: Path) -> None:
     # no cgroup to read: the main process, as before
     m = status.collect(host, c, systemd=_Unit(4242, "/gone.service"))["models"][0]
     assert m["pid"] == 4242 and [p["pid"] for p in m["processes"]] == [4242]
+
+
+def test_host_errors_carry_their_kind_and_the_cli_its_advice(tmp_path: Path) -> None:
+    import errno
+
+    from hugepage_agent.cli import advice
+    from hugepage_agent.errors import HostError
+    from hugepage_agent.host import Host
+
+    host = Host(str(tmp_path))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(HostError) as info:
+        host.write_atomic("/file/below", "y")
+    assert info.value.errno == errno.ENOTDIR and info.value.path == "/file/below"
+    assert advice(info.value) == ""
+    denied = HostError("cannot read /etc/hugepage-agent/config.toml: Permission denied",
+                       errno=errno.EACCES, path="/etc/hugepage-agent/config.toml")
+    assert "readable by root only: run this as root" in advice(denied)

@@ -4,6 +4,7 @@ errors become exit codes (0 as configured, 1 degraded, 2 error)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -198,7 +199,7 @@ def _collect_status(args: argparse.Namespace, host: Host) -> dict[str, Any]:
     try:
         cfg = config.load(host, args.config)
     except (ConfigError, HostError) as e:
-        cfg_error = str(e)
+        cfg_error = str(e) + advice(e)
     return status.collect(host, cfg, cfg_error, systemd=_local_systemd(host))
 
 
@@ -300,9 +301,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args, host)
     except AgentError as e:
-        return die(str(e))
+        return die(str(e) + advice(e))
     except KeyboardInterrupt:
         return die("interrupted")
+
+
+CONFIG_DIR = "/etc/hugepage-agent"
+
+
+def advice(e: AgentError) -> str:
+    """What the operator can do about an error, from its kind (the I/O layer
+    says only what failed)."""
+    if isinstance(e, HostError) and e.errno == errno.EACCES and \
+            (e.path or "").startswith(CONFIG_DIR + "/"):
+        return (" (the configuration is readable by root only: run this as root; `status` "
+                "asks the daemon, which answers anyone)")
+    return ""
 
 
 def die(message: str) -> int:

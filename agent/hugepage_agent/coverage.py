@@ -143,7 +143,7 @@ def pids_holding(host: Host, model_path: str) -> list[int]:
         pid = int(p.split("/")[2])
         try:
             text = host.read_optional(p)
-        except Exception:
+        except (HostError, UnicodeDecodeError):  # gone, or not ours to read
             continue
         if text and copy in text:
             copies.append(pid)
@@ -157,6 +157,6 @@ def pids_holding(host: Host, model_path: str) -> list[int]:
 def _cmdline_names(host: Host, pid: int, model_path: str) -> bool:
     try:
         raw = host.read_optional(f"/proc/{pid}/cmdline")
-    except Exception:
+    except (HostError, UnicodeDecodeError):
         return False
     return raw is not None and model_path in raw.split("\0")

@@ -15,6 +15,7 @@ Stopping never releases the pool or changes THP: releasing is an explicit
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import queue
 import signal
@@ -35,7 +36,7 @@ from hugepage_agent import (
     unitfiles,
 )
 from hugepage_agent.config import Config
-from hugepage_agent.errors import AgentError
+from hugepage_agent.errors import AgentError, HostError
 from hugepage_agent.execwrap import find_library
 from hugepage_agent.host import Host
 from hugepage_agent.notify import notify
@@ -348,8 +349,9 @@ class Agent:
         try:
             metrics.write(self.host, directory, self.status())
         except AgentError as e:
+            read_only = isinstance(e, HostError) and e.errno == errno.EROFS
             hint = (" (the service's sandbox lets it write there from its next start: "
-                    "systemctl restart hugepage-agent)" if "Read-only" in str(e) else "")
+                    "systemctl restart hugepage-agent)" if read_only else "")
             self._warn_once(("write", directory), logging.ERROR, "metrics: %s%s", e, hint)
 
     def _warn_once(self, key: tuple[str, str], level: int, msg: str, *args: object) -> None:

@@ -34,7 +34,14 @@ class ConfigError(AgentError):
 
 
 class HostError(AgentError):
-    """The host could not be read or changed as needed."""
+    """The host could not be read or changed as needed. `errno` (when an
+    OSError was the cause) and `path` let callers tell the kinds apart without
+    reading the message."""
+
+    def __init__(self, message: str, *, errno: int | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.path = path
 
 
 class PermissionDenied(AgentError):

@@ -36,7 +36,8 @@ class Host:
         try:
             return self.path(path).read_text(encoding="utf-8", errors="replace")
         except OSError as e:
-            raise HostError(f"cannot read {path}: {e.strerror or e}") from e
+            raise HostError(f"cannot read {path}: {e.strerror or e}",
+                            errno=e.errno, path=path) from e
 
     def read_optional(self, path: str) -> str | None:
         try:
@@ -44,7 +45,8 @@ class Host:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise HostError(f"cannot read {path}: {e.strerror or e}") from e
+            raise HostError(f"cannot read {path}: {e.strerror or e}",
+                            errno=e.errno, path=path) from e
 
     def read_int(self, path: str) -> int:
         text = self.read(path).strip()
@@ -65,7 +67,8 @@ class Host:
             with open(self.path(path), "w", encoding="ascii") as f:
                 f.write(value)
         except OSError as e:
-            raise HostError(f"cannot write '{value}' to {path}: {e.strerror or e}") from e
+            raise HostError(f"cannot write '{value}' to {path}: {e.strerror or e}",
+                            errno=e.errno, path=path) from e
 
     def _open_dir(self, path: str, create: bool) -> int:
         """A descriptor for a directory under the root, reached one component at a
@@ -108,7 +111,8 @@ class Host:
             dfd = self._open_dir(directory, create=True)
         except OSError as e:
             raise HostError(f"cannot write {path}: {e.strerror or e} "
-                            f"(a link or a missing directory on the way?)") from e
+                            f"(a link or a missing directory on the way?)", errno=e.errno,
+                            path=path) from e
         tmp = None
         try:
             for _ in range(100):
@@ -133,7 +137,8 @@ class Host:
             tmp = None
             os.fsync(dfd)
         except OSError as e:
-            raise HostError(f"cannot write {path}: {e.strerror or e}") from e
+            raise HostError(f"cannot write {path}: {e.strerror or e}",
+                            errno=e.errno, path=path) from e
         finally:
             if tmp is not None:
                 with contextlib.suppress(OSError):
@@ -182,7 +187,8 @@ class Host:
         except FileNotFoundError:
             return False
         except OSError as e:
-            raise HostError(f"cannot remove {path}: {e.strerror or e}") from e
+            raise HostError(f"cannot remove {path}: {e.strerror or e}",
+                            errno=e.errno, path=path) from e
 
     def read_config(self, path: str) -> str | None:
         """A configuration file's text: None when missing; HostError for anything
@@ -192,18 +198,19 @@ class Host:
         except FileNotFoundError:
             return None
         except PermissionError as e:  # 0600: it may hold secrets (a model's --api-key)
-            raise HostError(f"cannot read {path}: {e.strerror or e} (the configuration is "
-                            "readable by root only: run this as root; `status` asks the "
-                            "daemon, which answers anyone)") from e
+            raise HostError(f"cannot read {path}: {e.strerror or e}", errno=e.errno,
+                            path=path) from e
         except OSError as e:
-            raise HostError(f"cannot read {path}: {e.strerror or e}") from e
+            raise HostError(f"cannot read {path}: {e.strerror or e}",
+                            errno=e.errno, path=path) from e
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise HostError(f"{path} is not a regular file")
             with os.fdopen(fd, "rb", closefd=False) as f:
                 data = f.read()
         except OSError as e:
-            raise HostError(f"cannot read {path}: {e.strerror or e}") from e
+            raise HostError(f"cannot read {path}: {e.strerror or e}",
+                            errno=e.errno, path=path) from e
         finally:
             os.close(fd)
         try:
