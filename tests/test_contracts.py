@@ -25,6 +25,12 @@ PAIRS = {
     "HPW_ENV_THREADS": consts.ENV_THREADS,
     "HPW_ENV_KEEP_CACHE": consts.ENV_KEEP_CACHE,
     "HPW_ENV_DROP_CACHE": consts.ENV_DROP_CACHE,
+    "HPW_REASON_POOL": consts.REASON_POOL,
+    "HPW_REASON_CGROUP": consts.REASON_CGROUP,
+    "HPW_REASON_MEMFD": consts.REASON_MEMFD,
+    "HPW_REASON_TABLE": consts.REASON_TABLE,
+    "HPW_REASON_COPY": consts.REASON_COPY,
+    "HPW_REASON_SIZE": consts.REASON_SIZE,
 }
 
 
@@ -37,7 +43,7 @@ def test_wrapper_h_and_consts_agree() -> None:
     for name, value in PAIRS.items():
         assert have.get(name) == value, (name, have.get(name), value)
     # every string contract of wrapper.h is one the agent knows
-    assert {n for n in have if n.startswith(("HPW_ENV_", "HPW_LIBRARY", "HPW_LOG_P"))
+    assert {n for n in have if n.startswith(("HPW_ENV_", "HPW_LIBRARY", "HPW_LOG_P", "HPW_REASON"))
             or n.endswith("MEMFD") or n.endswith("MEMFD_PREFIX")} <= set(PAIRS)
 
 

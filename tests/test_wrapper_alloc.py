@@ -105,3 +105,43 @@ def test_invalid_threshold_is_reported_once_and_ignored(pool: int) -> None:
     r = run("all", str(16 * MIB), env={"HUGEPAGE_WRAPPER_ALLOC_MIN_SIZE": "lots"})
     assert r.returncode == 0 and "huge=1" in r.stdout
     assert r.stderr.count("HUGEPAGE_WRAPPER_ALLOC_MIN_SIZE") == 1
+
+
+def test_fallback_lines_end_with_a_reason_the_agent_parses(kernel_state: None,
+                                                           wrapper_build: Path,
+                                                           tmp_path: Path) -> None:
+    """The format the agent reads (journal.parse_fallback), pinned against what
+    the library writes with an empty pool: an allocation, and a file copy of a
+    file whose path holds ': '."""
+    from hugepage_agent import consts, journal
+    from tests.conftest import MAPTOOL
+
+    set_pool(2048, 0)
+    r = run("all", str(32 * MIB))
+    assert r.returncode == 0, r.stdout + r.stderr
+    model = tmp_path / "a: b.gguf"
+    subprocess.run([str(MAPTOOL), "mkfile", str(model), str(64 * MIB)], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUGEPAGE_WRAPPER")}
+    m = subprocess.run([str(MAPTOOL), "map", str(model), "0", str(64 * MIB)],
+                       env={**env, "LD_PRELOAD": str(LIBRARY),
+                            "HUGEPAGE_WRAPPER_MIN_SIZE": str(16 * MIB)},
+                       capture_output=True, text=True, check=False)
+    assert m.returncode == 0, m.stdout + m.stderr
+    lines = (r.stderr + m.stderr).splitlines()
+    said = [line for line in lines if "falling back" in line or "served by libc" in line]
+    parsed = [journal.parse_fallback(line) for line in said]
+    assert said and None not in parsed, said  # every fallback line carries the token
+    allocs = [f for f in parsed if f is not None and f.allocation]
+    assert allocs and {f.reason for f in allocs} == {consts.REASON_POOL}
+    assert allocs[0].subject == "allocation of 32.0 MiB"
+    assert allocs[0].why == "huge page pool short: need 16 x 2 MiB pages, 0 free"
+    assert allocs[0].now == "served by libc in 4 KiB pages"
+    copy = next(f for f in parsed if f is not None and not f.allocation)
+    assert copy.subject == str(model) and copy.reason == consts.REASON_POOL
+    assert copy.why == "huge page pool short: need 32 x 2 MiB pages, 0 free", copy
+    assert copy.now == "falling back to the regular file mapping"
+    assert journal.fallback_reason(lines, str(model)) == copy.why
+    first = journal.fallback_reason(r.stderr.splitlines(), str(model))
+    assert first is not None and first.startswith(
+        "allocation of 32.0 MiB: huge page pool short: need 16 x 2 MiB pages, 0 free"), first
+    assert journal.parse_fallback("hugepage-wrapper[1]: /m: loaded 1 GiB") is None

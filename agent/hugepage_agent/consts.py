@@ -25,6 +25,16 @@ ENV_THREADS = "HUGEPAGE_WRAPPER_THREADS"
 ENV_KEEP_CACHE = "HUGEPAGE_WRAPPER_KEEP_CACHE"
 ENV_DROP_CACHE = "HUGEPAGE_WRAPPER_DROP_CACHE"
 
+# -- the token that ends each of its fallback lines (wrapper.h: HPW_REASON_*):
+#    hugepage-wrapper[PID]: SUBJECT: WHY; WHAT NOW reason=REASON
+REASON_POOL = "pool-short"
+REASON_CGROUP = "cgroup-limit"
+REASON_MEMFD = "no-hugetlb-memfd"
+REASON_TABLE = "too-many-mappings"
+REASON_COPY = "copy-failed"
+REASON_SIZE = "size-too-large"
+REASONS = (REASON_POOL, REASON_CGROUP, REASON_MEMFD, REASON_TABLE, REASON_COPY, REASON_SIZE)
+
 # -- what a model unit's ExecStartPre (prepare-model) is given: the library the
 # drop-in preloads (it runs without it); systemd/llama-server@.service too
 PRELOAD_ENV = "HUGEPAGE_AGENT_PRELOAD"

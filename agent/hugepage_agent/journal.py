@@ -3,8 +3,10 @@ per mapping says 'loaded ...' or why it fell back), and a unit's last lines."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 
 from hugepage_agent import consts
 
@@ -38,16 +40,51 @@ def unit_tail(unit: str, invocation: str, lines: int) -> tuple[str, ...]:
     return tuple(line for line in out if line and not line.startswith("--"))
 
 
+@dataclass(frozen=True)
+class Fallback:
+    """One fallback line of the wrapper (its format: wrapper.h, hpw_log_fallback)."""
+    pid: int
+    subject: str  # the file's path, or "allocation of N MiB"
+    why: str  # "huge page pool short: need 16 x 2 MiB pages, 3 free"
+    now: str  # what it did instead
+    reason: str  # one of consts.REASONS
+
+    @property
+    def allocation(self) -> bool:
+        return self.subject.startswith("allocation of ")
+
+
+_FALLBACK_RE = re.compile(r"^" + re.escape(consts.LOG_PREFIX) + r"\[(\d+)\]: (.*); ([^;]*) "
+                          r"reason=([a-z-]+)$")
+# how each WHY begins (alloc.c, takeover.c): a path may itself hold ": "
+_WHY_STARTS = ("huge page pool short", "cgroup hugetlb limit", "no hugetlb memfd", "too many",
+               "size too large", "huge pages could not", "read failed",
+               "faulting in huge pages failed")
+
+
+def parse_fallback(line: str) -> Fallback | None:
+    """The fallback a line reports (by its reason= token), or None."""
+    m = _FALLBACK_RE.match(line)
+    if m is None or m.group(4) not in consts.REASONS:
+        return None
+    head = m.group(2)  # SUBJECT: WHY
+    starts = [i for i in (head.find(": " + w) for w in _WHY_STARTS) if i >= 0]
+    if starts:
+        subject, why = head[:min(starts)], head[min(starts) + 2:]
+    else:  # a why of another wording: the subject holds no ": "
+        subject, _, why = head.partition(": ")
+    return Fallback(int(m.group(1)), subject, why, m.group(3), m.group(4))
+
+
 def fallback_reason(lines: list[str], model_path: str) -> str | None:
-    """'huge page pool short: need 151 x 2 MiB pages, 3 free' from the last line
-    about the model file; else the allocations that fell back, from their lines
+    """'huge page pool short: need 151 x 2 MiB pages, 3 free' from the last
+    fallback of the model file; else the allocations that fell back
     ('allocation of 256.0 MiB: huge page pool short: need 128 x 2 MiB pages, 4 free')."""
-    for line in reversed(lines):
-        _, _, rest = line.partition(f"]: {model_path}: ")
-        if rest and not rest.startswith("loaded"):
-            return rest.split("; falling back")[0].split("; not falling back")[0]
-    allocs = [line.partition("]: ")[2].split("; served by libc")[0]
-              for line in lines if "]: allocation of " in line and "; served by libc" in line]
+    found = [f for f in map(parse_fallback, lines) if f is not None]
+    for f in reversed(found):
+        if f.subject == model_path:
+            return f.why
+    allocs = [f"{f.subject}: {f.why}" for f in found if f.allocation]
     if allocs:
         more = f" (and {len(allocs) - 1} more)" if len(allocs) > 1 else ""
         return allocs[0] + more

@@ -140,25 +140,26 @@ static double mib(size_t n)
 }
 
 /* `short_of`: what was short, e.g. "huge page pool short: need 16 x 2 MiB pages, 3 free" */
-static void *fallback_because(size_t size, const char *short_of)
+static void *fallback_because(size_t size, const char *short_of, const char *reason)
 {
     size_t n = atomic_fetch_add(&fallback_count, 1);
-    if (n < FALLBACK_LOG_LINES)
-        hpw_log(HPW_LOG_QUIET, "allocation of %.1f MiB: %s; %s", mib(size), short_of,
-                hpw_cfg.strict ? "failing it (strict mode, HUGEPAGE_WRAPPER_STRICT=1)"
-                               : "served by libc in 4 KiB pages");
-    else if (n == FALLBACK_LOG_LINES)
+    if (n < FALLBACK_LOG_LINES) {
+        char subject[64];
+        snprintf(subject, sizeof subject, "allocation of %.1f MiB", mib(size));
+        hpw_log_fallback(HPW_FALLBACK_ALLOC, subject, reason, "%s", short_of);
+    } else if (n == FALLBACK_LOG_LINES)
         hpw_log(HPW_LOG_QUIET, "more allocations fell back to libc; not logging each");
     errno = ENOMEM;
     return NULL;
 }
 
-static void *fallback(size_t size, size_t pages, size_t page, const char *why)
+static void *fallback(size_t size, size_t pages, size_t page, const char *why,
+                      const char *reason)
 {
     char what[256];
     snprintf(what, sizeof what, "%s: need %zu x %s pages, %ld free", why, pages,
              page == HPW_1G ? "1 GiB" : "2 MiB", hpw_pool_available(page));
-    return fallback_because(size, what);
+    return fallback_because(size, what, reason);
 }
 
 /* Past a cgroup's hugetlb fault limit the first touch raises SIGBUS: 1 (the
@@ -171,7 +172,7 @@ static int over_cgroup_limit(size_t size, size_t pages, size_t page)
         return 0;
     snprintf(what, sizeof what, "cgroup hugetlb limit: need %zu x %s pages, %ld allowed by %s",
              pages, page == HPW_1G ? "1 GiB" : "2 MiB", room, file);
-    fallback_because(size, what);
+    fallback_because(size, what, HPW_REASON_CGROUP);
     return 1;
 }
 
@@ -195,40 +196,43 @@ void *hpw_alloc(size_t size)
 {
     size_t page = choose_page(size);
     if (size > (size_t)-1 - page)
-        return fallback(size, 0, page, "size too large");
+        return fallback(size, 0, page, "size too large", HPW_REASON_SIZE);
     size_t pages = (size + page - 1) / page, len = pages * page;
     long avail = hpw_pool_available(page);
     if (avail >= 0 && (size_t)avail < pages)
-        return fallback(size, pages, page, "huge page pool short");
+        return fallback(size, pages, page, "huge page pool short", HPW_REASON_POOL);
     if (over_cgroup_limit(size, pages, page))
         return NULL;
     unsigned flag = page == HPW_1G ? MFD_HUGE_1GB : MFD_HUGE_2MB;
     int fd = memfd_create(HPW_HEAP_MEMFD, MFD_CLOEXEC | MFD_HUGETLB | flag);
     if (fd < 0)
-        return fallback(size, pages, page, "no hugetlb memfd");
+        return fallback(size, pages, page, "no hugetlb memfd", HPW_REASON_MEMFD);
     char *p = MAP_FAILED;
     if (ftruncate(fd, (off_t)len) == 0)
         p = hpw_real_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     close(fd);
     if (p == MAP_FAILED)
-        return fallback(size, pages, page, "huge page pool short");
+        return fallback(size, pages, page, "huge page pool short", HPW_REASON_POOL);
     /* under a cgroup's fault limit, the pages are faulted in now: one the limit
      * refuses is a fallback here, not a SIGBUS at the program's first touch */
     if (hpw_cgroup_room(page, NULL, 0) >= 0 && hpw_populate(p, len) != 0) {
         hpw_real_munmap(p, len);
         if (over_cgroup_limit(size, pages, page))
             return NULL;
-        return fallback(size, pages, page, "huge pages could not be faulted in");
+        return fallback(size, pages, page, "huge pages could not be faulted in",
+                        HPW_REASON_POOL);
     }
     if (hpw_registry_add(HPW_REGION_ALLOC, p, len, page, len, PROT_READ | PROT_WRITE,
                          NULL) != 0) {
         hpw_real_munmap(p, len);
-        return fallback(size, pages, page, "too many huge page allocations");
+        return fallback(size, pages, page, "too many huge page allocations",
+                        HPW_REASON_TABLE);
     }
     if (table_put(p, len, page) != 0) {
         hpw_registry_remove(HPW_REGION_ALLOC, p);
         hpw_real_munmap(p, len);
-        return fallback(size, pages, page, "too many huge page allocations");
+        return fallback(size, pages, page, "too many huge page allocations",
+                        HPW_REASON_TABLE);
     }
     size_t now = atomic_fetch_add(&live_bytes, len) + len;
     size_t peak = atomic_load(&peak_bytes);

@@ -26,3 +26,21 @@ void hpw_log(enum hpw_log_level level, const char *fmt, ...)
     (void)w;
     errno = saved;
 }
+
+void hpw_log_fallback(enum hpw_fallback kind, const char *subject, const char *reason,
+                      const char *why_fmt, ...)
+{
+    int saved = errno;
+    char why[768];
+    va_list ap;
+    va_start(ap, why_fmt);
+    vsnprintf(why, sizeof why, why_fmt, ap);
+    va_end(ap);
+    const char *now = hpw_cfg.strict
+        ? (kind == HPW_FALLBACK_FILE ? "not falling back"
+                                     : "failing it (strict mode, HUGEPAGE_WRAPPER_STRICT=1)")
+        : (kind == HPW_FALLBACK_FILE ? "falling back to the regular file mapping"
+                                     : "served by libc in 4 KiB pages");
+    hpw_log(HPW_LOG_QUIET, "%s: %s; %s reason=%s", subject, why, now, reason);
+    errno = saved;
+}

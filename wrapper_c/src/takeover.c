@@ -159,13 +159,17 @@ static void plan_pages(struct plan *p)
     p->align = p->big != 0 ? HPW_1G : HPW_2M;
 }
 
-static int pool_has(const struct plan *p, char *why, size_t size)
+/* 1 when the pools and the cgroups give the plan's pages; else 0, with why
+ * (and the reason= token) */
+static int pool_has(const struct plan *p, char *why, size_t size, const char **reason)
 {
     size_t n1 = p->big / HPW_1G, n2 = p->small / HPW_2M;
     if (have(HPW_1G, n1) && have(HPW_2M, n2))
         return 1;
     char file[512];
+    *reason = HPW_REASON_POOL;
     if (pool_gives(HPW_1G, n1) && pool_gives(HPW_2M, n2)) { /* a cgroup limit binds */
+        *reason = HPW_REASON_CGROUP;
         size_t page = cgroup_allows(HPW_1G, n1, file, sizeof file) ? HPW_2M : HPW_1G;
         size_t n = page == HPW_1G ? n1 : n2;
         long room = hpw_cgroup_room(page, file, sizeof file);
@@ -224,9 +228,9 @@ void *hpw_try_takeover(size_t length, int prot, int flags, int fd, off_t offset,
 
     char path[4096], why[640];
     fd_path(fd, path, sizeof path);
-    if (!pool_has(&pl, why, sizeof why)) {
-        hpw_log(HPW_LOG_QUIET, "%s: %s; %s", path, why, hpw_cfg.strict ? "not falling back"
-                : "falling back to the regular file mapping");
+    const char *reason = NULL;
+    if (!pool_has(&pl, why, sizeof why, &reason)) {
+        hpw_log_fallback(HPW_FALLBACK_FILE, path, reason, "%s", why);
         return give_up(path, taken);
     }
     char name[MEMFD_NAME_MAX + 1];
@@ -250,8 +254,8 @@ void *hpw_try_takeover(size_t length, int prot, int flags, int fd, off_t offset,
     if ((pl.big && map_segment(base, pl.big, HPW_1G, name) != 0) ||
         (pl.small && map_segment(base + pl.big, pl.small, HPW_2M, name) != 0)) {
         /* The pool is charged at mmap time: a race with another process lands here. */
-        hpw_log(HPW_LOG_QUIET, "%s: huge page pool short (%s); %s", path, strerror(errno),
-                hpw_cfg.strict ? "not falling back" : "falling back to the regular file mapping");
+        hpw_log_fallback(HPW_FALLBACK_FILE, path, HPW_REASON_POOL, "huge page pool short (%s)",
+                         strerror(errno));
         hpw_real_munmap(base, span);
         return give_up(path, taken);
     }
@@ -278,13 +282,12 @@ void *hpw_try_takeover(size_t length, int prot, int flags, int fd, off_t offset,
         *(volatile char *)(base + pos) = 0; /* reserved at mmap: no limit can refuse it */
     if (!filled) {
         int err = errno;
-        if (!pool_has(&pl, why, sizeof why)) /* a limit crossed since the check */
-            hpw_log(HPW_LOG_QUIET, "%s: %s; %s", path, why, hpw_cfg.strict ? "not falling back"
-                    : "falling back to the regular file mapping");
+        if (!pool_has(&pl, why, sizeof why, &reason)) /* a limit crossed since the check */
+            hpw_log_fallback(HPW_FALLBACK_FILE, path, reason, "%s", why);
         else
-            hpw_log(HPW_LOG_QUIET, "%s: %s failed while copying into huge pages (%s); %s",
-                    path, what ? what : "read", strerror(err), hpw_cfg.strict
-                    ? "not falling back" : "falling back to the regular file mapping");
+            hpw_log_fallback(HPW_FALLBACK_FILE, path, HPW_REASON_COPY,
+                             "%s failed while copying into huge pages (%s)", what ? what : "read",
+                             strerror(err));
         hpw_real_munmap(base, span);
         return give_up(path, taken);
     }
@@ -306,9 +309,8 @@ void *hpw_try_takeover(size_t length, int prot, int flags, int fd, off_t offset,
                                      pl.data_len - vis_big, prot, &file) == 0)
         regs |= 2;
     if (regs != ((pl.big ? 1 : 0) | (pl.small ? 2 : 0))) {
-        hpw_log(HPW_LOG_QUIET, "%s: too many mappings served from huge pages at once; %s",
-                path, hpw_cfg.strict ? "not falling back"
-                : "falling back to the regular file mapping");
+        hpw_log_fallback(HPW_FALLBACK_FILE, path, HPW_REASON_TABLE,
+                         "too many mappings served from huge pages at once");
         if (regs & 1)
             hpw_registry_remove(HPW_REGION_FILE, base);
         if (regs & 2)

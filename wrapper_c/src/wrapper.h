@@ -31,6 +31,13 @@ enum hpw_page_choice { HPW_PAGE_AUTO = 0, HPW_PAGE_2M, HPW_PAGE_1G };
 #define HPW_ENV_THREADS "HUGEPAGE_WRAPPER_THREADS"
 #define HPW_ENV_KEEP_CACHE "HUGEPAGE_WRAPPER_KEEP_CACHE"
 #define HPW_ENV_DROP_CACHE "HUGEPAGE_WRAPPER_DROP_CACHE"
+/* The reason= token that ends every fallback line (hpw_log_fallback). */
+#define HPW_REASON_POOL "pool-short"           /* the pool has too few free pages */
+#define HPW_REASON_CGROUP "cgroup-limit"       /* a cgroup's hugetlb limit */
+#define HPW_REASON_MEMFD "no-hugetlb-memfd"    /* memfd_create(MFD_HUGETLB) refused */
+#define HPW_REASON_TABLE "too-many-mappings"   /* the library's own tables are full */
+#define HPW_REASON_COPY "copy-failed"          /* reading the file into the copy failed */
+#define HPW_REASON_SIZE "size-too-large"
 #define HPW_ALLOC_MIN_DEFAULT (8UL << 20)
 
 struct hpw_config {
@@ -51,6 +58,13 @@ int hpw_parse_size(const char *s, size_t *out);
 /* log.c: one line per event on stderr, written with write(2); errno preserved. */
 void hpw_log(enum hpw_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Every fallback line, in the one format the agent parses (journal.py):
+ *   hugepage-wrapper[PID]: SUBJECT: WHY; WHAT NOW reason=REASON
+ * SUBJECT: the file's path, or "allocation of N MiB"; WHAT NOW: the fallback
+ * (the regular file mapping, libc's memory) or, in strict mode, the failure. */
+enum hpw_fallback { HPW_FALLBACK_FILE, HPW_FALLBACK_ALLOC };
+void hpw_log_fallback(enum hpw_fallback kind, const char *subject, const char *reason,
+                      const char *why_fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* real.c: the libc functions underneath, resolved once. */
 void *hpw_real_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
