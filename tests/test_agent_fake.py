@@ -276,7 +276,7 @@ def test_parse_smaps_attributes_huge_pages_to_the_model() -> None:
 
 def test_model_files_sync_and_removal(tmp_path: Path, model: Path) -> None:
     from hugepage_agent import config as config_mod
-    from hugepage_agent import models
+    from hugepage_agent import modelfiles
 
     root = tmp_path / "root"
     host = make_tree(root)
@@ -285,17 +285,17 @@ def test_model_files_sync_and_removal(tmp_path: Path, model: Path) -> None:
     two = (f'[[model]]\nname = "a"\npath = "{model}"\n'
            f'[[model]]\nname = "b"\npath = "{model}"\nunit = "own-b.service"\n')
     cfg = config_mod.load(host, str(write_cfg(tmp_path, two)))
-    first = models.sync(host, models.render_all(cfg, str(lib)))
+    first = modelfiles.sync(host, modelfiles.render_all(cfg, str(lib)))
     assert sorted(first.written) == [
         "/etc/systemd/system/llama-server@a.service.d/50-hugepage-agent.conf",
         "/etc/systemd/system/own-b.service.d/50-hugepage-agent.conf",
         "/var/lib/hugepage-agent/models/a.json",
         "/var/lib/hugepage-agent/models/b.json"]  # what b's start records (startrecord)
-    assert not models.sync(host, models.render_all(cfg, str(lib))).changed  # idempotent
+    assert not modelfiles.sync(host, modelfiles.render_all(cfg, str(lib))).changed  # idempotent
     (root / "etc/systemd/system/own-b.service.d/10-mine.conf").write_text("[Service]\n")
     only_a = two.split('[[model]]\nname = "b"', 1)[0]
     cfg = config_mod.load(host, str(write_cfg(tmp_path, only_a)))
-    second = models.sync(host, models.render_all(cfg, str(lib)))
+    second = modelfiles.sync(host, modelfiles.render_all(cfg, str(lib)))
     assert sorted(second.removed) == ["/etc/systemd/system/own-b.service.d/50-hugepage-agent.conf",
                                       "/var/lib/hugepage-agent/models/b.json"]
     assert (root / "etc/systemd/system/own-b.service.d/10-mine.conf").exists()

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from hugepage_agent import models, serveruser
+from hugepage_agent import modelfiles, serveruser
 from hugepage_agent.cli import main
 from hugepage_agent.daemon import Job, Worker, extending_timeout
 from hugepage_agent.dbus_service import AccessDenied, Agent1
@@ -127,12 +127,12 @@ def test_model_files_are_readable_by_root_and_the_servers_group_only(tmp_path: P
     passwd(tmp_path)
     host = Host(tmp_path)
     user = serveruser.lookup(host)
-    assert models.file_mode("/var/lib/hugepage-agent/models/m.json", user) == (0o640, 997)
-    assert models.file_mode("/etc/systemd/system/x.service.d/50-hugepage-agent.conf", user) \
+    assert modelfiles.file_mode("/var/lib/hugepage-agent/models/m.json", user) == (0o640, 997)
+    assert modelfiles.file_mode("/etc/systemd/system/x.service.d/50-hugepage-agent.conf", user) \
         == (0o644, None)
     (tmp_path / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n")
     assert serveruser.lookup(host) is None
-    assert models.file_mode("/var/lib/hugepage-agent/models/m.json", None) == (0o600, None)
+    assert modelfiles.file_mode("/var/lib/hugepage-agent/models/m.json", None) == (0o600, None)
 
 
 def test_release_needs_no_model_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

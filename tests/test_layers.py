@@ -13,7 +13,7 @@ from tests.conftest import REPO
 PACKAGE = REPO / "agent" / "hugepage_agent"
 # modules whose job is to change the host (thp, persist, pools, pagecache and
 # startrecord each also read: status uses their readers)
-WRITERS = {"apply", "reserve", "release", "daemon", "models", "restarts", "pretouch",
+WRITERS = {"apply", "reserve", "release", "daemon", "modelfiles", "restarts", "pretouch",
            "dbus_service"}
 
 

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from hugepage_agent import (
+    amounts,
     footprint,
     loadmode,
     persist,
@@ -18,7 +19,6 @@ from hugepage_agent import (
     pretouch,
     reserve,
     thp,
-    units,
 )
 from hugepage_agent import state as state_file
 from hugepage_agent.config import Config
@@ -77,7 +77,7 @@ def apply(host: Host, cfg: Config, dry_run: bool = False) -> ApplyReport:
         if lm.chosen_by == "operator" and not lm.heap:
             log.warning("model %s: its args choose load mode %s: %s", m.name, lm.mode, lm.note)
     if plan.page_size_kb not in pools.supported_sizes_kb(host):
-        raise HostError(f"the kernel has no {units.page_size_name(plan.page_size)} huge pages "
+        raise HostError(f"the kernel has no {amounts.page_size_name(plan.page_size)} huge pages "
                         f"({pools.HUGEPAGES_DIR}/hugepages-{plan.page_size_kb}kB is missing)")
     default_kb = pools.default_page_size_kb(host)
     ctls = controls(host, plan)
@@ -110,7 +110,7 @@ def apply(host: Host, cfg: Config, dry_run: bool = False) -> ApplyReport:
         for f in files:
             if f.changed:
                 log.info("%s %s", "removed" if f.new is None else "wrote", f.path)
-        if not result.met and plan.page_size == units.GIB:
+        if not result.met and plan.page_size == amounts.GIB:
             hint = boot_hint(plan)
         _save_state(host, plan, result, touched)
     conflicts = persist.find_conflicts(host)
@@ -149,12 +149,12 @@ def _save_state(host: Host, plan: Plan, result: reserve.ReserveResult,
 def render(report: ApplyReport) -> str:
     """The human report printed by the CLI."""
     p = report.plan
-    ps = units.page_size_name(p.page_size)
+    ps = amounts.page_size_name(p.page_size)
     lines = []
     how = (f"auto: {p.model_pages} pages for the models plus headroom" if p.auto
            else "configured")
-    lines.append(f"target: {p.target} x {ps} pages ({units.human_bytes(p.target_bytes)}, {how}); "
-                 f"limit {units.human_bytes(p.limit_bytes)}")
+    lines.append(f"target: {p.target} x {ps} pages ({amounts.human_bytes(p.target_bytes)}, {how}); "
+                 f"limit {amounts.human_bytes(p.limit_bytes)}")
     if p.per_node:
         lines.append("  per node: " + ", ".join(f"node {n}: {c}" for n, c in p.per_node))
     if p.auto:
@@ -163,7 +163,7 @@ def render(report: ApplyReport) -> str:
             detail = fp.breakdown() if fp else "the file size (not a GGUF model)"
             lines.append(f"  model {name}: {pages} pages: {detail}")
             if fp and fp.dead:
-                lines.append(f"    of which {units.human_bytes(fp.dead)} dead: "
+                lines.append(f"    of which {amounts.human_bytes(fp.dead)} dead: "
                              f"{loadmode.NOTES['mmap']}")
     for name, lm in report.load_modes:
         lines.append(f"  model {name}: load mode {lm.mode} ({lm.chosen_by}): {lm.note}; "

@@ -143,7 +143,7 @@ def _require_root(host: Host, what: str) -> None:
 
 def _cmd_apply(args: argparse.Namespace, host: Host) -> int:
     from hugepage_agent import apply as apply_mod
-    from hugepage_agent import models, serveruser
+    from hugepage_agent import modelfiles, serveruser
 
     cfg = config.load(host, args.config)
     if not args.dry_run:
@@ -151,10 +151,10 @@ def _cmd_apply(args: argparse.Namespace, host: Host) -> int:
     _check_preload(host, cfg)
     report = apply_mod.apply(host, cfg, dry_run=args.dry_run)
     print(apply_mod.render(report))
-    for name, why in models.unreadable_models(host, cfg).items():
+    for name, why in modelfiles.unreadable_models(host, cfg).items():
         print(f"warning: model {name}: its server (user {serveruser.SERVER_USER}) cannot "
               f"read the model: {why}; the agent will not start its unit")
-    for warning in models.exposed_secrets(host, cfg):
+    for warning in modelfiles.exposed_secrets(host, cfg):
         print(f"warning: {warning}")
     return EXIT_OK if report.met else EXIT_DEGRADED
 

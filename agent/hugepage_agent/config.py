@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hugepage_agent import consts, units
+from hugepage_agent import amounts, consts
 from hugepage_agent.errors import ConfigError, HostError
 from hugepage_agent.host import Host
 
@@ -39,7 +39,7 @@ WRAPPER_PAGE = ("auto", "2M", "1G")
 LOAD_MODES = ("auto", "dio", "none", "keep")
 PAGE_CACHE = ("drop", "keep")
 PRETOUCH = ("auto", "always", "never")
-DEFAULT_ALLOC_MIN = 8 * units.MIB
+DEFAULT_ALLOC_MIN = 8 * amounts.MIB
 # matched whole (fullmatch): a trailing newline is no part of a name
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 UNIT_NAME_RE = re.compile(r"[A-Za-z0-9:_.\\\-@]+\.service")
@@ -49,16 +49,16 @@ FORBIDDEN_UNIT_RE = re.compile(r"(hugepage-agent|dbus|dbus-broker|systemd-.*|use
 NODE_KEY_RE = re.compile(r"[0-9]{1,4}")
 
 
-DEFAULT_HEADROOM = units.Amount(share=0.02)
-DEFAULT_LIMIT = units.Amount(share=0.90)
+DEFAULT_HEADROOM = amounts.Amount(share=0.02)
+DEFAULT_LIMIT = amounts.Amount(share=0.90)
 
 
 @dataclass(frozen=True)
 class PoolConfig:
-    page_size: int = 2 * units.MIB
-    size: units.Amount | None = None  # None: auto, from the model files
-    headroom: units.Amount = DEFAULT_HEADROOM
-    limit: units.Amount = DEFAULT_LIMIT
+    page_size: int = 2 * amounts.MIB
+    size: amounts.Amount | None = None  # None: auto, from the model files
+    headroom: amounts.Amount = DEFAULT_HEADROOM
+    limit: amounts.Amount = DEFAULT_LIMIT
     nodes: tuple[tuple[int, float], ...] = ()  # (node, share of the target)
 
 
@@ -78,7 +78,7 @@ class ReserveConfig:
 @dataclass(frozen=True)
 class WrapperConfig:
     library: str = ""  # empty: the installed library, or the checkout's build
-    min_size: int = units.GIB
+    min_size: int = amounts.GIB
     alloc_min_size: int = DEFAULT_ALLOC_MIN  # 0: allocations are not served
     page_size: str = "auto"
     strict: bool = False
@@ -273,20 +273,20 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
 
     p = raw.get("pool", {})
     pool = PoolConfig()
-    page_size = _field(src("pool.page_size"), "pool.page_size", units.parse_page_size,
+    page_size = _field(src("pool.page_size"), "pool.page_size", amounts.parse_page_size,
                        p.get("page_size", "2M"))
-    size: units.Amount | None = None
+    size: amounts.Amount | None = None
     if "size" in p and p["size"] != "auto":
         size = _field(src("pool.size"), "pool.size",
-                      lambda v: units.parse_amount(v, allow_share=True), p["size"])
+                      lambda v: amounts.parse_amount(v, allow_share=True), p["size"])
     headroom = pool.headroom
     if "headroom" in p:
-        headroom = _field(src("pool.headroom"), "pool.headroom", units.parse_amount,
+        headroom = _field(src("pool.headroom"), "pool.headroom", amounts.parse_amount,
                           p["headroom"])
     limit = pool.limit
     if "limit" in p:
         limit = _field(src("pool.limit"), "pool.limit",
-                       lambda v: units.parse_amount(v, allow_pages=False), p["limit"])
+                       lambda v: amounts.parse_amount(v, allow_pages=False), p["limit"])
         if (limit.share is not None and limit.share <= 0) or limit.bytes == 0:
             raise ConfigError(src("pool.limit"), "pool.limit", "must be more than zero")
     nodes = _nodes(src("pool.nodes"), p.get("nodes", {}))
@@ -295,21 +295,21 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
     defrag = choice("thp.defrag", "never", DEFRAG_MODES)
 
     r = raw.get("reserve", {})
-    timeout = _field(src("reserve.timeout"), "reserve.timeout", units.parse_duration,
+    timeout = _field(src("reserve.timeout"), "reserve.timeout", amounts.parse_duration,
                      r.get("timeout", "30s"))
     if timeout > 3600:
         raise ConfigError(src("reserve.timeout"), "reserve.timeout", "more than one hour")
 
     w = raw.get("wrapper", {})
     min_size = _field(src("wrapper.min_size"), "wrapper.min_size",
-                      lambda v: units.parse_amount(v, allow_pages=False, allow_share=False),
+                      lambda v: amounts.parse_amount(v, allow_pages=False, allow_share=False),
                       w.get("min_size", "1G")).bytes
     if not min_size:
         raise ConfigError(src("wrapper.min_size"), "wrapper.min_size", "must be more than zero")
     alloc_raw = w.get("alloc_min_size", "8M")
     alloc_min = 0 if alloc_raw in ("off", 0) else _field(
         src("wrapper.alloc_min_size"), "wrapper.alloc_min_size",
-        lambda v: units.parse_amount(v, allow_pages=False, allow_share=False),
+        lambda v: amounts.parse_amount(v, allow_pages=False, allow_share=False),
         alloc_raw).bytes
     wpage = choice("wrapper.page_size", "auto", WRAPPER_PAGE)
     wlog = choice("wrapper.log", "info", WRAPPER_LOG)
@@ -332,7 +332,7 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
     if textfile_dir and not textfile_dir.startswith("/"):
         raise ConfigError(src("metrics.textfile_dir"), "metrics.textfile_dir",
                           "must be an absolute path (or \"\" for no metrics file)")
-    interval = _field(src("metrics.interval"), "metrics.interval", units.parse_duration,
+    interval = _field(src("metrics.interval"), "metrics.interval", amounts.parse_duration,
                       mt.get("interval", "60s"))
     if not 1 <= interval <= 86400:
         raise ConfigError(src("metrics.interval"), "metrics.interval", "from 1s to 24h")
@@ -360,7 +360,7 @@ def _nodes(file: str, nodes: Mapping[str, Any]) -> tuple[tuple[int, float], ...]
         where = f"pool.nodes.{key}"
         if not NODE_KEY_RE.fullmatch(key):
             raise ConfigError(file, where, "a NUMA node number is expected as the key")
-        share = units.parse_percent(value) if isinstance(value, str) else None
+        share = amounts.parse_percent(value) if isinstance(value, str) else None
         if share is None:
             raise ConfigError(file, where, "expected a share of the pool such as \"50%\"")
         out.append((int(key), share))

@@ -28,7 +28,7 @@ from hugepage_agent import (
     apply,
     config,
     metrics,
-    models,
+    modelfiles,
     preload,
     restarts,
     serveruser,
@@ -125,7 +125,7 @@ class Agent:
     def start(self) -> apply.ApplyReport:
         """Load, apply, write model files, reload systemd, start autostart models."""
         self.cfg = config.load(self.host, self.config_path)
-        for warning in models.exposed_secrets(self.host, self.cfg):
+        for warning in modelfiles.exposed_secrets(self.host, self.cfg):
             log.warning("%s", warning)
         report = self._apply_and_sync(self.cfg, previous=None)
         self._start_models(self.cfg, set())
@@ -134,7 +134,7 @@ class Agent:
     def _start_models(self, cfg: Config, already: set[str]) -> None:
         """Start the autostart models not in `already`; one whose file the
         servers' user cannot read is reported instead of started."""
-        unreadable = models.unreadable_models(self.host, cfg)
+        unreadable = modelfiles.unreadable_models(self.host, cfg)
         for m in cfg.models:
             unit = unitfiles.unit_for(m)
             if not m.autostart or unit in already:
@@ -241,7 +241,7 @@ class Agent:
     def _apply_and_sync(self, cfg: Config, previous: Config | None) -> apply.ApplyReport:
         # Everything that can be refused is refused before anything changes.
         library = find_library(cfg)
-        files = models.render_all(cfg, library)
+        files = modelfiles.render_all(cfg, library)
         plan_for(self.host, cfg)
         cannot = preload.model_problems(cfg, library, self.systemd.exec_info
                                         if self.systemd is not None else None)
@@ -262,7 +262,7 @@ class Agent:
         if report.boot_hint:
             log.warning("1 GiB pages are best reserved at boot: add `%s` to the kernel "
                         "command line", report.boot_hint)
-        changed = models.sync(self.host, files)
+        changed = modelfiles.sync(self.host, files)
         if self.systemd is not None and changed.changed:
             self.systemd.reload()
         return report

@@ -23,14 +23,14 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hugepage_agent import consts, gguf, loadmode, serverargs, units
+from hugepage_agent import amounts, consts, gguf, loadmode, serverargs
 from hugepage_agent.config import Config, ModelConfig
 from hugepage_agent.errors import HostError
 from hugepage_agent.host import Host
 
 log = logging.getLogger(__name__)
 
-MIB = units.MIB
+MIB = amounts.MIB
 DIO_STAGING = 64 * MIB  # llama.cpp's direct I/O staging buffer (LLAMA_DIRECT_IO_BUFFER_SIZE)
 FIT_TIMEOUT = 60.0
 # arguments that change what the server allocates, passed on to llama-fit-params
@@ -73,7 +73,7 @@ class Footprint:
         parts = [("weights", self.weights), ("file copy", self.file_copy),
                  ("KV cache", self.kv), ("compute", self.compute + self.meta),
                  ("load staging", self.transient)]
-        text = ", ".join(f"{name} {units.human_bytes(n)}" for name, n in parts if n)
+        text = ", ".join(f"{name} {amounts.human_bytes(n)}" for name, n in parts if n)
         return f"{text} (load mode {self.load_mode}; {self.source})"
 
     def to_json(self) -> dict[str, object]:

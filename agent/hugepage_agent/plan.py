@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hugepage_agent import footprint, pools, units
+from hugepage_agent import amounts, footprint, pools
 from hugepage_agent.config import Config
 from hugepage_agent.errors import ConfigError
 from hugepage_agent.host import Host
@@ -25,7 +25,7 @@ class Plan:
 
     @property
     def page_size_kb(self) -> int:
-        return self.page_size // units.KIB
+        return self.page_size // amounts.KIB
 
     @property
     def target_bytes(self) -> int:
@@ -40,7 +40,7 @@ def make_plan(cfg: Config, mem_total: int, nodes_online: list[int],
     pool = cfg.pool
     ps = pool.page_size
     needs = needs or {}
-    per_model = tuple((m.name, units.pages_for(needs.get(m.name, m.size), ps))
+    per_model = tuple((m.name, amounts.pages_for(needs.get(m.name, m.size), ps))
                       for m in cfg.models)
     model_pages = sum(p for _, p in per_model)
     if pool.size is None:
@@ -55,10 +55,10 @@ def make_plan(cfg: Config, mem_total: int, nodes_online: list[int],
         raise ConfigError(
             cfg.origin(key) if pool.size is not None else cfg.origin("pool.limit"),
             "pool.limit" if pool.size is None else "pool.size",
-            f"{what} needs {target} x {units.page_size_name(ps)} pages "
-            f"({units.human_bytes(target * ps)}), above the limit of "
-            f"{units.human_bytes(limit_bytes)} (pool.limit of "
-            f"{units.human_bytes(mem_total)} MemTotal)")
+            f"{what} needs {target} x {amounts.page_size_name(ps)} pages "
+            f"({amounts.human_bytes(target * ps)}), above the limit of "
+            f"{amounts.human_bytes(limit_bytes)} (pool.limit of "
+            f"{amounts.human_bytes(mem_total)} MemTotal)")
     per_node: list[tuple[int, int]] = []
     for node, share in pool.nodes:
         if node not in nodes_online:

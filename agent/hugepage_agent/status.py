@@ -13,6 +13,7 @@ from typing import Any
 
 from hugepage_agent import (
     __version__,
+    amounts,
     coverage,
     execwrap,
     footprint,
@@ -26,7 +27,6 @@ from hugepage_agent import (
     startrecord,
     thp,
     unitfiles,
-    units,
 )
 from hugepage_agent import state as state_file
 from hugepage_agent.config import Config, ModelConfig
@@ -122,7 +122,7 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
                             else f"{entry['verdict']}; {startrecord.describe(pending)}")
     if entry["verdict"] != "loaded":
         problems.append(f"model {m.name}: {entry['verdict']} "
-                        f"({share * 100:.1f}% of {units.human_bytes(used)} in huge pages)")
+                        f"({share * 100:.1f}% of {amounts.human_bytes(used)} in huge pages)")
     return entry
 
 
@@ -242,14 +242,14 @@ def _verdict(host: Host, m: ModelConfig, cov: coverage.Coverage, entry: dict[str
     if cov.fallback_bytes > used * 0.01:
         verdict = ("fell back to the file mapping" if cov.file_mapped_bytes
                    and not cov.large_anon_bytes else
-                   f"fell back: {units.human_bytes(cov.fallback_bytes)} of large allocations "
+                   f"fell back: {amounts.human_bytes(cov.fallback_bytes)} of large allocations "
                    "in 4 KiB pages")
         reason = journal.fallback_reason(
             journal.wrapper_lines(pid, entry["unit"] if entry["state"] else None), m.path) \
             if host.is_real else None
         return verdict + (f" ({reason})" if reason else "")
     if dead > used * 0.01:
-        return (f"holds {units.human_bytes(dead)} of dead huge pages (load mode {lm.mode}: "
+        return (f"holds {amounts.human_bytes(dead)} of dead huge pages (load mode {lm.mode}: "
                 "the file copy of weights llama.cpp repacked)")
     # what the weights alone take once loaded: a server holding less is loading
     expected = (fp.weights + fp.file_copy - fp.dead) if fp is not None else m.size
@@ -365,7 +365,7 @@ def _fmt(v: object) -> str:
 
 
 def _bytes(v: int | None) -> str:
-    return "-" if v is None else units.human_bytes(v)
+    return "-" if v is None else amounts.human_bytes(v)
 
 
 def render(data: dict[str, Any]) -> str:
@@ -373,7 +373,7 @@ def render(data: dict[str, Any]) -> str:
     lines.append(f"{'POOL':<12} {'NODE':>4} {'TOTAL':>7} {'FREE':>7} {'RSVD':>6} {'SURP':>6} "
                  f"{'TARGET':>7} {'SHORT':>6}")
     for p in data["pools"]:
-        name = units.page_size_name(p["page_size_kb"] * 1024)
+        name = amounts.page_size_name(p["page_size_kb"] * 1024)
         lines.append(f"{name:<12} {_fmt(p['node']) if p['node'] is not None else 'all':>4} "
                      f"{p['total']:>7} {p['free']:>7} {_fmt(p['reserved']):>6} "
                      f"{p['surplus']:>6} {_fmt(p['target']):>7} {_fmt(p['shortfall']):>6}")
@@ -409,10 +409,10 @@ def render(data: dict[str, Any]) -> str:
                      f"{'HUGE':>10} {'4K':>10} {'COVER':>6} {'PAGE':>5} {'WRAPPER':<8} VERDICT")
     for m in data["models"]:
         cover = f"{m['coverage'] * 100:.1f}%" if m["coverage"] is not None else "-"
-        page = units.page_size_name(m["page_size_kb"] * 1024) if m["page_size_kb"] else "-"
+        page = amounts.page_size_name(m["page_size_kb"] * 1024) if m["page_size_kb"] else "-"
         wrapper = {True: "yes", False: "no", None: "-"}[m["wrapper_loaded"]]
         lines.append(f"{m['name']:<16} {m['unit']:<32} {_fmt(m['state']):<18} "
-                     f"{_fmt(m['pid']):>7} {units.human_bytes(m['model_bytes']):>10} "
+                     f"{_fmt(m['pid']):>7} {amounts.human_bytes(m['model_bytes']):>10} "
                      f"{_bytes(m['hugetlb_bytes']):>10} {_bytes(m['fallback_bytes']):>10} "
                      f"{cover:>6} {page:>5} {wrapper:<8} {m['verdict']}")
         procs_ = m.get("processes") or []
@@ -443,7 +443,7 @@ def render(data: dict[str, Any]) -> str:
         lines.append("  page cache: " + ("unknown (the kernel tells it only to the file's "
                                          "owner, a writer, or root; run as root)"
                                          if pc is None else
-                                         f"{units.human_bytes(pc)} of the model file "
+                                         f"{amounts.human_bytes(pc)} of the model file "
                                          f"({share:.0f}%)"))
     if data["problems"]:
         lines.append("DEGRADED:")
