@@ -312,8 +312,9 @@ CONFIG_DIR = "/etc/hugepage-agent"
 def advice(e: AgentError) -> str:
     """What the operator can do about an error, from its kind (the I/O layer
     says only what failed)."""
-    if isinstance(e, HostError) and e.errno == errno.EACCES and \
-            (e.path or "").startswith(CONFIG_DIR + "/"):
+    cause = e if isinstance(e, HostError) else e.__cause__  # a ConfigError wraps it
+    if isinstance(cause, HostError) and cause.errno == errno.EACCES and \
+            (cause.path or "").startswith(CONFIG_DIR + "/"):
         return (" (the configuration is readable by root only: run this as root; `status` "
                 "asks the daemon, which answers anyone)")
     return ""
