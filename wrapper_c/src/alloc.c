@@ -163,11 +163,13 @@ static void *fallback(size_t size, size_t pages, size_t page, const char *why,
 }
 
 /* Past a cgroup's hugetlb fault limit the first touch raises SIGBUS: 1 (the
- * fallback logged, errno ENOMEM) when the allocation would cross a limit. */
-static int over_cgroup_limit(size_t size, size_t pages, size_t page)
+ * fallback logged, errno ENOMEM) when the allocation would cross a limit.
+ * *room: the pages the cgroups allow now, -1 when no limit binds. */
+static int over_cgroup_limit(size_t size, size_t pages, size_t page, long *room_out)
 {
     char file[512], what[768];
     long room = hpw_cgroup_room(page, file, sizeof file);
+    *room_out = room;
     if (room < 0 || (size_t)room >= pages)
         return 0;
     snprintf(what, sizeof what, "cgroup hugetlb limit: need %zu x %s pages, %ld allowed by %s",
@@ -201,7 +203,8 @@ void *hpw_alloc(size_t size)
     long avail = hpw_pool_available(page);
     if (avail >= 0 && (size_t)avail < pages)
         return fallback(size, pages, page, "huge page pool short", HPW_REASON_POOL);
-    if (over_cgroup_limit(size, pages, page))
+    long room;
+    if (over_cgroup_limit(size, pages, page, &room))
         return NULL;
     unsigned flag = page == HPW_1G ? MFD_HUGE_1GB : MFD_HUGE_2MB;
     int fd = memfd_create(HPW_HEAP_MEMFD, MFD_CLOEXEC | MFD_HUGETLB | flag);
@@ -215,9 +218,9 @@ void *hpw_alloc(size_t size)
         return fallback(size, pages, page, "huge page pool short", HPW_REASON_POOL);
     /* under a cgroup's fault limit, the pages are faulted in now: one the limit
      * refuses is a fallback here, not a SIGBUS at the program's first touch */
-    if (hpw_cgroup_room(page, NULL, 0) >= 0 && hpw_populate(p, len) != 0) {
+    if (room >= 0 && hpw_populate(p, len) != 0) {
         hpw_real_munmap(p, len);
-        if (over_cgroup_limit(size, pages, page))
+        if (over_cgroup_limit(size, pages, page, &room)) /* crossed since the check */
             return NULL;
         return fallback(size, pages, page, "huge pages could not be faulted in",
                         HPW_REASON_POOL);

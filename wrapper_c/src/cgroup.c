@@ -8,13 +8,11 @@
 #include "wrapper.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <unistd.h>
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -22,24 +20,11 @@
 
 #define LINE_MAX_LEN 4096
 
-static ssize_t read_small(const char *path, char *buf, size_t size)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t n = read(fd, buf, size - 1);
-    close(fd);
-    if (n < 0)
-        return -1;
-    buf[n] = '\0';
-    return n;
-}
-
 /* Each line of a small file, in turn; 0 from fn stops. */
 static void each_line(const char *path, int (*fn)(char *line, void *arg), void *arg)
 {
     static char buf[64 << 10]; /* under hpw_cgroup_room's lock */
-    ssize_t n = read_small(path, buf, sizeof buf);
+    ssize_t n = hpw_read_text(path, buf, sizeof buf);
     for (char *line = buf, *end; n > 0 && line && *line; line = end ? end + 1 : NULL) {
         end = strchr(line, '\n');
         if (end)
@@ -93,7 +78,7 @@ static int mount_line(char *line, void *arg)
     if (sscanf(sep + 3, "%31s %*s %511s", fstype, super) < 1)
         return 1;
     int match = w->v2 ? strcmp(fstype, "cgroup2") == 0
-                      : strcmp(fstype, "cgroup") == 0 && strstr(super, "hugetlb") != NULL;
+                      : strcmp(fstype, "cgroup") == 0 && has_word(super, "hugetlb");
     if (!match)
         return 1;
     char root[LINE_MAX_LEN], mount[LINE_MAX_LEN];
@@ -132,7 +117,7 @@ static long long read_number(const char *dir, const char *name, int *unlimited)
 {
     char path[LINE_MAX_LEN + 64], buf[64];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    if (read_small(path, buf, sizeof buf) <= 0)
+    if (hpw_read_text(path, buf, sizeof buf) <= 0)
         return -1;
     *unlimited = strncmp(buf, "max", 3) == 0;
     return *unlimited ? 0 : strtoll(buf, NULL, 10);

@@ -1,5 +1,6 @@
 /* How many pages of one size the kernel's huge page pool can still give:
- * free minus reserved, plus what overcommit may still add as surplus. */
+ * free minus reserved, plus what overcommit may still add as surplus; and the
+ * one reader of the small kernel files the library consults. */
 #include "wrapper.h"
 
 #include <fcntl.h>
@@ -7,20 +8,26 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static long read_counter(size_t page_size, const char *name)
+ssize_t hpw_read_text(const char *path, char *buf, size_t size)
 {
-    char path[128];
-    snprintf(path, sizeof path, "/sys/kernel/mm/hugepages/hugepages-%zukB/%s",
-             page_size >> 10, name);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
-    char buf[32];
-    ssize_t n = read(fd, buf, sizeof buf - 1);
+    ssize_t n = read(fd, buf, size - 1);
     close(fd);
-    if (n <= 0)
+    if (n < 0)
         return -1;
     buf[n] = '\0';
+    return n;
+}
+
+static long read_counter(size_t page_size, const char *name)
+{
+    char path[128], buf[32];
+    snprintf(path, sizeof path, "/sys/kernel/mm/hugepages/hugepages-%zukB/%s",
+             page_size >> 10, name);
+    if (hpw_read_text(path, buf, sizeof buf) <= 0)
+        return -1;
     return strtol(buf, NULL, 10);
 }
 

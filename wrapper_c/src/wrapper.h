@@ -112,8 +112,10 @@ size_t hpw_alloc_size(const void *p); /* 0: not ours */
 void hpw_alloc_shrink(void *p, size_t size);
 void hpw_alloc_report(void);
 
-/* pool.c: what the kernel's huge page pool can still give, in pages. */
+/* pool.c: what the kernel's huge page pool can still give, in pages; a small
+ * file's text (/proc, /sys), NUL-terminated: its length, or -1. */
 long hpw_pool_available(size_t page_size);
+ssize_t hpw_read_text(const char *path, char *buf, size_t size);
 
 /* cgroup.c: how many more huge pages of a size this process's cgroups let it
  * fault in and reserve; -1 when no limit binds. `file` names the limit that
