@@ -29,6 +29,7 @@ from hugepage_agent import (
     config,
     metrics,
     modelfiles,
+    pools,
     preload,
     restarts,
     serveruser,
@@ -208,7 +209,7 @@ class Agent:
         try:
             plan = plan_for(self.host, self.cfg)
             goals = [n for _, n in plan.per_node] if plan.per_node else [plan.target]
-            freed = sum(max(0, c.total() - max(goal, c.in_use()))
+            freed = sum(pools.free_above_target(c.total(), c.in_use(), goal)
                         for c, goal in zip(apply.controls(self.host, plan), goals))
             if freed <= 0:
                 return
@@ -397,18 +398,28 @@ def run(host: Host, config_path: str | None) -> int:
         return job.result
 
     published.append(dbus_service.publish(bus, agent, run_in_worker))
-    pending: list[int] = []
+    def debounced() -> Callable[[Callable[[], object]], None]:
+        """Submits the first job of a burst to the worker RECHECK_DELAY_MS
+        later; the others of the burst are dropped."""
+        pending: list[int] = []
+
+        def submit(job: Callable[[], object]) -> None:
+            if pending:
+                return
+
+            def fire() -> bool:
+                pending.clear()
+                worker.submit(job)
+                return False
+
+            pending.append(GLib.timeout_add(RECHECK_DELAY_MS, fire))
+
+        return submit
+
+    recheck_soon, shrink_soon = debounced(), debounced()
 
     def on_memory_event(action: str, path: str) -> None:
-        if pending:
-            return
-
-        def fire() -> bool:
-            pending.clear()
-            worker.submit(lambda: agent.recheck(f"memory event ({action} {path})"))
-            return False
-
-        pending.append(GLib.timeout_add(RECHECK_DELAY_MS, fire))
+        recheck_soon(lambda: agent.recheck(f"memory event ({action} {path})"))
 
     try:
         from hugepage_agent.udev import MemoryWatcher
@@ -420,17 +431,9 @@ def run(host: Host, config_path: str | None) -> int:
     def on_unit_job_done(unit: str) -> None:
         """A model unit stopped or restarted: the pages it held may be above the
         pool's target now (one check for a burst of jobs)."""
-        if not agent.is_model_unit(unit) or shrink_pending:
-            return
+        if agent.is_model_unit(unit):
+            shrink_soon(lambda: agent.shrink_if_freed(f"{unit} stopped or restarted"))
 
-        def fire() -> bool:
-            shrink_pending.clear()
-            worker.submit(lambda: agent.shrink_if_freed(f"{unit} stopped or restarted"))
-            return False
-
-        shrink_pending.append(GLib.timeout_add(RECHECK_DELAY_MS, fire))
-
-    shrink_pending: list[int] = []
     try:
         units.on_job_removed(on_unit_job_done)
     except SystemdError as e:  # the periodic check below still shrinks the pool

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from hugepage_agent import consts, footprint, loadmode, modelstart
+from hugepage_agent import consts, footprint, loadmode, modelstart, preload
 from hugepage_agent.config import DEFAULT_LIBRARY, Config
 from hugepage_agent.errors import AgentError, ConfigError
 
@@ -55,11 +55,20 @@ def wrapper_env(cfg: Config, library: str) -> dict[str, str]:
     return env
 
 
+def configured_env(cfg: Config) -> dict[str, str] | None:
+    """wrapper_env with the library the configuration names or the installed
+    one; None when there is none (what a drop-in sets cannot be told then)."""
+    try:
+        return wrapper_env(cfg, find_library(cfg))
+    except AgentError:
+        return None
+
+
 def merged_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
     env = dict(base)
     env.update(extra)
     old = base.get("LD_PRELOAD", "")
-    parts = [p for p in old.replace(":", " ").split() if p and p != extra["LD_PRELOAD"]]
+    parts = [p for p in preload.listed(old) if p != extra["LD_PRELOAD"]]
     env["LD_PRELOAD"] = " ".join([extra["LD_PRELOAD"], *parts])
     return env
 

@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 FRESH_SECONDS = 600.0  # a recorded choice older than this is not this start's
 DROP_ENV = consts.ENV_DROP_CACHE
-identity = startrecord.identity
 
 
 def choose(lm: LoadMode, path: str, page_cache: str) -> StartChoice:
@@ -84,7 +83,7 @@ def _check_preload(mf: unitfiles.ModelFile, env: Mapping[str, str]) -> None:
     this runs without the wrapper, which a large read would go through."""
     from hugepage_agent import preload, systemd
 
-    library = env.get(consts.PRELOAD_ENV, "").replace(":", " ").split()
+    library = preload.listed(env.get(consts.PRELOAD_ENV, ""))
     if not library:
         return
     binary: str | None = mf.binary
@@ -104,8 +103,8 @@ def _recorded(host: Host, name: str, mf: unitfiles.ModelFile) -> StartChoice | N
     try:
         fresh = 0 <= time.time() - float(data["time"]) <= FRESH_SECONDS
         args = data["args"]
-        ok = (fresh and data["identity"] == identity(mf.model) and isinstance(args, list)
-              and all(isinstance(a, str) for a in args)
+        ok = (fresh and data["identity"] == startrecord.identity(mf.model)
+              and isinstance(args, list) and all(isinstance(a, str) for a in args)
               and isinstance(data["mode"], str) and isinstance(data["why"], str))
         if not ok or mf.load is None or tuple(args) not in (mf.load.added, mf.load.cached):
             return None  # stale, another file, or not one of the model file's choices

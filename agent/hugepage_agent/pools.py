@@ -227,3 +227,10 @@ class KernelPool:
             return room_bytes(read_meminfo(self.host))
         text = self.host.read_optional(f"{NODE_DIR}/node{self.node}/meminfo")
         return room_bytes(parse_node_meminfo(text or ""))
+
+
+def free_above_target(total: int, held: int, target: int) -> int:
+    """A pool's pages above its target that nothing holds (`held`: in use or
+    reserved): what an apply gives back now. The rest above the target goes
+    back as the servers holding it free it."""
+    return max(0, total - max(target, held))

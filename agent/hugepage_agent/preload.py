@@ -25,6 +25,12 @@ class PreloadError(AgentError):
     """The wrapper library cannot load into the server."""
 
 
+def listed(value: str) -> list[str]:
+    """The libraries an LD_PRELOAD value names (ld.so separates them with
+    colons or spaces)."""
+    return value.replace(":", " ").split()
+
+
 def _newest(versions: set[str]) -> tuple[int, ...] | None:
     found = [tuple(int(g) for g in m.groups() if g is not None)
              for m in map(_GLIBC_RE.match, versions) if m]

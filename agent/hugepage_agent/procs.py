@@ -51,3 +51,15 @@ def comm(host: Host, pid: int) -> str:
         return (host.read_optional(f"/proc/{pid}/comm") or "").strip()
     except HostError:  # another user's
         return ""
+
+
+def environ(host: Host, pid: int) -> dict[str, str] | None:
+    """A process's environment (root, or its owner, may read it); None when
+    it cannot be read."""
+    try:
+        raw = host.read_optional(f"/proc/{pid}/environ")
+    except (HostError, UnicodeDecodeError):
+        return None
+    if raw is None:
+        return None
+    return dict(v.split("=", 1) for v in raw.split("\0") if "=" in v)

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from hugepage_agent import health, journal, startrecord, unitfiles
 from hugepage_agent.config import Config, ModelConfig
-from hugepage_agent.errors import AgentError
-from hugepage_agent.execwrap import find_library, wrapper_env
+from hugepage_agent.execwrap import configured_env
 from hugepage_agent.host import Host
 from hugepage_agent.systemd import Systemd, SystemdError, UnitState
 
@@ -46,10 +45,7 @@ class Failed:
 def changed_models(host: Host, cfg: Config, systemd: Systemd) -> list[Changed]:
     """The models with restart = "on-change" whose running (or restarting)
     server was started with something other than the configuration."""
-    try:
-        wanted: dict[str, str] | None = wrapper_env(cfg, find_library(cfg))
-    except AgentError:
-        wanted = None
+    wanted = configured_env(cfg)
     out = []
     for m in cfg.models:
         if m.restart != "on-change":

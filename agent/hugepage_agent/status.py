@@ -49,6 +49,7 @@ def _pool_entry(p: pools.PoolState, plan: Plan | None) -> dict[str, Any]:
             target = dict(plan.per_node).get(p.node)
     held = p.in_use + (p.reserved or 0)  # what no write can take back now
     above = max(0, p.total - target) if target is not None else None
+    free = pools.free_above_target(p.total, held, target) if target is not None else 0
     return {
         "page_size_kb": p.page_size_kb,
         "node": p.node,
@@ -62,8 +63,7 @@ def _pool_entry(p: pools.PoolState, plan: Plan | None) -> dict[str, Any]:
         # above target: held by running servers (the pool shrinks as they free
         # them), or free (the next apply gives them back)
         "above_target": above,
-        "above_target_held": min(above, max(0, held - target))
-        if above is not None and target is not None else None,
+        "above_target_held": above - free if above is not None else None,
     }
 
 
@@ -136,11 +136,7 @@ def pending_changes(host: Host, cfg: Config, m: ModelConfig,
     record = startrecord.for_invocation(host, m.name, unit_state.invocation_id)
     if record is None:
         return []
-    try:
-        wanted = execwrap.wrapper_env(cfg, execwrap.find_library(cfg))
-    except AgentError:
-        wanted = None
-    return startrecord.changes(record, cfg, m, wanted)
+    return startrecord.changes(record, cfg, m, execwrap.configured_env(cfg))
 
 
 def _figures(cov: coverage.Coverage,
@@ -209,13 +205,10 @@ def _start_choice(host: Host, m: ModelConfig, pid: int) -> dict[str, str] | None
     """How the running server loaded this time: what run-model or exec put in
     its environment (readable by root), else the unit's record, else its
     command line."""
-    with contextlib.suppress(HostError, UnicodeDecodeError):
-        raw = host.read_optional(f"/proc/{pid}/environ")
-        for var in (raw or "").split("\0"):
-            key, _, value = var.partition("=")
-            if key == loadmode.ENV_CHOICE:
-                mode, _, why = value.partition(": ")
-                return {"mode": mode, "why": why}
+    chosen = (procs.environ(host, pid) or {}).get(loadmode.ENV_CHOICE)
+    if chosen is not None:
+        mode, _, why = chosen.partition(": ")
+        return {"mode": mode, "why": why}
     data = startrecord.read(host, m.name)
     if data is not None and isinstance(data.get("mode"), str):
         return {"mode": data["mode"], "why": str(data.get("why", ""))}
@@ -261,15 +254,14 @@ def _verdict(host: Host, m: ModelConfig, cov: coverage.Coverage, entry: dict[str
 def _not_loaded_reason(host: Host, pid: int) -> str | None:
     """Why a server has not loaded the wrapper, where it can be told (its
     environment is readable by root only)."""
+    env = procs.environ(host, pid)
     try:
-        env = host.read_optional(f"/proc/{pid}/environ")
         exe = os.readlink(host.path(f"/proc/{pid}/exe"))
-    except (HostError, OSError, UnicodeDecodeError):
+    except OSError:
         return None
     if env is None:
         return None
-    preloads = next((v.partition("=")[2] for v in env.split("\0")
-                     if v.startswith("LD_PRELOAD=")), "").replace(":", " ").split()
+    preloads = preload.listed(env.get("LD_PRELOAD", ""))
     if not preloads:
         return "LD_PRELOAD is not in its environment (a supervisor that clears it?)"
     return preload.problem(preloads[0], exe, str(host.path(f"/proc/{pid}/root")))
