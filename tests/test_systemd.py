@@ -7,6 +7,7 @@ host's, saved and restored around the module."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -429,15 +430,12 @@ def test_short_pool_strict_fails_the_unit_and_fallback_is_reported(ct: Container
     ct.systemctl("reload", "hugepage-agent.service")
 
 
-def test_a_supervisor_units_server_is_found_in_its_cgroup(ct: Container) -> None:
-    """An operator's own unit whose main process is a small supervisor (a shell)
-    that starts the server as a child and waits, as ollama or a wrapper script
-    does: status measures the child, found in the unit's cgroup, and says so."""
-    unit = "supervised.service"
+@contextlib.contextmanager
+def big_in_own_unit(ct: Container, unit: str, exec_start: str) -> Iterator[None]:
+    """Model "big" (its file /srv/models/big.gguf) served by an operator's own
+    unit running `exec_start`, beside tiny; all of it undone afterwards."""
     unit_file = ct.path(f"/etc/systemd/system/{unit}")
-    unit_file.write_text("[Service]\nExecStart=/bin/sh -c '/usr/local/bin/fakeserver "
-                         "--model /srv/models/big.gguf --port 8081 & wait'\n")
-    # model "big" (its file /srv/models/big.gguf) served by the operator's own unit
+    unit_file.write_text(f"[Service]\nExecStart={exec_start}\n")
     text = config_text([("tiny", ["--port", "8080"]), ("big", [])]).replace(
         'name = "big"\n', f'name = "big"\nunit = "{unit}"\n')
     ct.path(CONFIG).write_text(text)
@@ -445,6 +443,22 @@ def test_a_supervisor_units_server_is_found_in_its_cgroup(ct: Container) -> None
         ct.systemctl("daemon-reload")
         r = ct.systemctl("reload", "hugepage-agent.service", check=False)
         assert r.returncode == 0, ct.journal("hugepage-agent.service")[-2000:]
+        yield
+    finally:
+        ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
+        ct.systemctl("reload", "hugepage-agent.service", check=False)
+        ct.systemctl("stop", unit, check=False)
+        unit_file.unlink()
+        ct.systemctl("daemon-reload", check=False)
+
+
+def test_a_supervisor_units_server_is_found_in_its_cgroup(ct: Container) -> None:
+    """An operator's own unit whose main process is a small supervisor (a shell)
+    that starts the server as a child and waits, as ollama or a wrapper script
+    does: status measures the child, found in the unit's cgroup, and says so."""
+    unit = "supervised.service"
+    with big_in_own_unit(ct, unit, "/bin/sh -c '/usr/local/bin/fakeserver "
+                         "--model /srv/models/big.gguf --port 8081 & wait'"):
 
         def sup() -> dict[str, Any]:
             r = ct.run("hugepage-agent", "status", "--json", check=False)
@@ -473,12 +487,6 @@ def test_a_supervisor_units_server_is_found_in_its_cgroup(ct: Container) -> None
         wait_for(lambda: metric("model_hugetlb_bytes") >= IN_HUGE_PAGES,
                  what="the supervised model's huge pages in the metrics")
         assert metric("model_coverage_ratio") >= 0.99
-    finally:
-        ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
-        ct.systemctl("reload", "hugepage-agent.service", check=False)
-        ct.systemctl("stop", unit, check=False)
-        unit_file.unlink()
-        ct.systemctl("daemon-reload", check=False)
 
 
 def test_memory_block_offline_and_back_is_seen(ct: Container) -> None:
@@ -745,15 +753,8 @@ def test_status_says_why_a_server_runs_without_the_wrapper(ct: Container) -> Non
     """An operator's unit whose program clears LD_PRELOAD before it starts the
     server, as some supervisors do."""
     unit = "cleared.service"
-    unit_file = ct.path(f"/etc/systemd/system/{unit}")
-    unit_file.write_text("[Service]\nExecStart=/usr/bin/env -u LD_PRELOAD "
-                         "/usr/local/bin/fakeserver --model /srv/models/big.gguf\n")
-    text = config_text([("tiny", ["--port", "8080"]), ("big", [])]).replace(
-        'name = "big"\n', f'name = "big"\nunit = "{unit}"\n')
-    ct.path(CONFIG).write_text(text)
-    try:
-        ct.systemctl("daemon-reload")
-        assert reload(ct).returncode == 0, ct.journal("hugepage-agent.service")[-2000:]
+    with big_in_own_unit(ct, unit, "/usr/bin/env -u LD_PRELOAD /usr/local/bin/fakeserver "
+                         "--model /srv/models/big.gguf"):
         want = "wrapper not loaded: LD_PRELOAD is not in its environment"
         wait_for(lambda: model_status(ct, "big")[1]["verdict"].startswith(want),
                  what=lambda: f"{model_status(ct, 'big')}")
@@ -762,9 +763,3 @@ def test_status_says_why_a_server_runs_without_the_wrapper(ct: Container) -> Non
         rec = json.loads(ct.run("cat", "/run/hugepage-agent/start/big.json").stdout)
         assert rec["unit"] == unit and rec["model"] == "/srv/models/big.gguf"
         assert rec["invocation"] == ct.prop(unit, "InvocationID")
-    finally:
-        ct.path(CONFIG).write_text(config_text([("tiny", ["--port", "8080"])]))
-        reload(ct)
-        ct.systemctl("stop", unit, check=False)
-        unit_file.unlink()
-        ct.systemctl("daemon-reload", check=False)
