@@ -308,9 +308,10 @@ def test_status_answers_while_a_long_reload_runs(ct: Container) -> None:
             data = json.loads(proxy.Status())
             times.append(time.monotonic() - t0)
             assert "models" in data
+            # answered while the reload still runs (it waits 6 s for slow to stop),
+            # not after it: a state, not a time, so a busy machine cannot flake it
+            assert ct.prop("hugepage-agent.service", "ActiveState") == "reloading"
         print(f"\nStatus() during a reload: {', '.join(f'{x:.3f}' for x in times)} s")
-        assert max(times) < 2.0
-        assert ct.prop("hugepage-agent.service", "ActiveState") == "reloading"
     finally:
         t.join(timeout=60)
     assert reload_rc == [0]
