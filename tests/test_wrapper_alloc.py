@@ -145,3 +145,26 @@ def test_fallback_lines_end_with_a_reason_the_agent_parses(kernel_state: None,
     assert first is not None and first.startswith(
         "allocation of 32.0 MiB: huge page pool short: need 16 x 2 MiB pages, 0 free"), first
     assert journal.parse_fallback("hugepage-wrapper[1]: /m: loaded 1 GiB") is None
+
+
+@pytest.mark.parametrize("numa", ["auto", "interleave", "0", "off"])
+def test_one_node_host_placement_and_prefault_change_nothing(pool: int, numa: str) -> None:
+    """On one node every placement is the kernel's own; the prefault faults
+    the pages in at once (a pool short there is a fallback, never a SIGBUS),
+    and the program sees the same."""
+    start = free_pages(2048)
+    plain = run("all", str(24 * MIB), preload=False)
+    for env in ({"HUGEPAGE_WRAPPER_NUMA": numa},
+                {"HUGEPAGE_WRAPPER_NUMA": numa, "HUGEPAGE_WRAPPER_PREFAULT": "1"}):
+        r = run("all", str(24 * MIB), env=env)
+        assert r.returncode == 0 and r.stderr == "", (env, r.stdout, r.stderr)
+        assert "huge=1" in r.stdout
+        assert [x for x in r.stdout.splitlines() if x.startswith(("ok", "FAIL"))] == \
+            [x for x in plain.stdout.splitlines() if x.startswith(("ok", "FAIL"))]
+    assert free_pages(2048) == start
+
+
+def test_invalid_placement_is_reported_once_and_ignored(pool: int) -> None:
+    r = run("all", str(16 * MIB), env={"HUGEPAGE_WRAPPER_NUMA": "near"})
+    assert r.returncode == 0 and "huge=1" in r.stdout
+    assert r.stderr.count("ignoring invalid HUGEPAGE_WRAPPER_NUMA=\"near\"") == 1, r.stderr

@@ -24,6 +24,8 @@ ENV_LOG = "HUGEPAGE_WRAPPER_LOG"
 ENV_THREADS = "HUGEPAGE_WRAPPER_THREADS"
 ENV_KEEP_CACHE = "HUGEPAGE_WRAPPER_KEEP_CACHE"
 ENV_DROP_CACHE = "HUGEPAGE_WRAPPER_DROP_CACHE"
+ENV_NUMA = "HUGEPAGE_WRAPPER_NUMA"
+ENV_PREFAULT = "HUGEPAGE_WRAPPER_PREFAULT"
 
 # -- the token that ends each of its fallback lines (wrapper.h: HPW_REASON_*):
 #    hugepage-wrapper[PID]: SUBJECT: WHY; WHAT NOW reason=REASON
@@ -33,7 +35,9 @@ REASON_MEMFD = "no-hugetlb-memfd"
 REASON_TABLE = "too-many-mappings"
 REASON_COPY = "copy-failed"
 REASON_SIZE = "size-too-large"
-REASONS = (REASON_POOL, REASON_CGROUP, REASON_MEMFD, REASON_TABLE, REASON_COPY, REASON_SIZE)
+REASON_NODE = "node-short"
+REASONS = (REASON_POOL, REASON_CGROUP, REASON_MEMFD, REASON_TABLE, REASON_COPY, REASON_SIZE,
+           REASON_NODE)
 
 # -- what a model unit's ExecStartPre (prepare-model) is given: the library the
 # drop-in preloads (it runs without it); systemd/llama-server@.service too

@@ -59,7 +59,7 @@ _FALLBACK_RE = re.compile(r"^" + re.escape(consts.LOG_PREFIX) + r"\[(\d+)\]: (.*
 # how each WHY begins (alloc.c, takeover.c): a path may itself hold ": "
 _WHY_STARTS = ("huge page pool short", "cgroup hugetlb limit", "no hugetlb memfd", "too many",
                "size too large", "huge pages could not", "read failed",
-               "faulting in huge pages failed")
+               "faulting in huge pages failed", "node ")
 
 
 def parse_fallback(line: str) -> Fallback | None:

@@ -178,6 +178,14 @@ static int over_cgroup_limit(size_t size, size_t pages, size_t page, long *room_
     return 1;
 }
 
+/* The node(s) a bound policy allows have too few free pages. */
+static void *node_short(size_t size, size_t pages, size_t page)
+{
+    char what[512];
+    hpw_numa_short(page, pages, what, sizeof what);
+    return fallback_because(size, what, HPW_REASON_NODE);
+}
+
 static size_t choose_page(size_t size)
 {
     if (hpw_cfg.page == HPW_PAGE_2M)
@@ -206,6 +214,9 @@ void *hpw_alloc(size_t size)
     long room;
     if (over_cgroup_limit(size, pages, page, &room))
         return NULL;
+    long node_free = hpw_numa_free(page);
+    if (node_free >= 0 && (size_t)node_free < pages)
+        return node_short(size, pages, page);
     unsigned flag = page == HPW_1G ? MFD_HUGE_1GB : MFD_HUGE_2MB;
     int fd = memfd_create(HPW_HEAP_MEMFD, MFD_CLOEXEC | MFD_HUGETLB | flag);
     if (fd < 0)
@@ -216,12 +227,17 @@ void *hpw_alloc(size_t size)
     close(fd);
     if (p == MAP_FAILED)
         return fallback(size, pages, page, "huge page pool short", HPW_REASON_POOL);
-    /* under a cgroup's fault limit, the pages are faulted in now: one the limit
-     * refuses is a fallback here, not a SIGBUS at the program's first touch */
-    if (room >= 0 && hpw_populate(p, len) != 0) {
+    /* Placed on its node(s) before anything touches it; then, under a NUMA
+     * policy or a cgroup's fault limit, faulted in now: a page the node or the
+     * limit refuses is a fallback here, not a SIGBUS at the program's first touch. */
+    hpw_numa_place(p, len);
+    if ((room >= 0 || hpw_cfg.prefault || hpw_numa_active()) && hpw_populate(p, len) != 0) {
         hpw_real_munmap(p, len);
         if (over_cgroup_limit(size, pages, page, &room)) /* crossed since the check */
             return NULL;
+        node_free = hpw_numa_free(page);
+        if (node_free >= 0 && (size_t)node_free < pages)
+            return node_short(size, pages, page);
         return fallback(size, pages, page, "huge pages could not be faulted in",
                         HPW_REASON_POOL);
     }

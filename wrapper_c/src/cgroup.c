@@ -187,3 +187,8 @@ int hpw_populate(char *p, size_t len)
     }
     return -1;
 }
+
+int hpw_prefault_wanted(size_t page)
+{
+    return hpw_cfg.prefault || hpw_numa_active() || hpw_cgroup_room(page, NULL, 0) >= 0;
+}

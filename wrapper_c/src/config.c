@@ -113,6 +113,19 @@ void hpw_config_load(void)
     }
     load_flag(HPW_ENV_STRICT, &hpw_cfg.strict);
     load_flag(HPW_ENV_KEEP_CACHE, &hpw_cfg.keep_cache);
+    load_flag(HPW_ENV_PREFAULT, &hpw_cfg.prefault);
+    if ((v = secure_getenv(HPW_ENV_NUMA)) != NULL && *v != '\0') {
+        if (strcmp(v, "auto") == 0)
+            hpw_cfg.numa = HPW_NUMA_AUTO;
+        else if (strcmp(v, "interleave") == 0)
+            hpw_cfg.numa = HPW_NUMA_INTERLEAVE;
+        else if (strcmp(v, "off") == 0)
+            hpw_cfg.numa = HPW_NUMA_OFF;
+        else if (hpw_parse_node_list(v, hpw_cfg.numa_nodes) == 0)
+            hpw_cfg.numa = HPW_NUMA_NODES;
+        else
+            invalid(HPW_ENV_NUMA, v, "auto, interleave, off or a node list such as 1 or 0-1");
+    }
     if ((v = secure_getenv(HPW_ENV_THREADS)) != NULL && *v != '\0') {
         char *end = NULL;
         errno = 0;

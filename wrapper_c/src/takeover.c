@@ -135,7 +135,9 @@ static int cgroup_allows(size_t page, size_t n, char *file, size_t file_len)
  * them (past a fault limit, the first touch would raise SIGBUS). */
 static int have(size_t page, size_t n)
 {
-    return pool_gives(page, n) && cgroup_allows(page, n, NULL, 0);
+    long node_free = n ? hpw_numa_free(page) : -1;
+    return pool_gives(page, n) && cgroup_allows(page, n, NULL, 0) &&
+           (node_free < 0 || (size_t)node_free >= n);
 }
 
 /* Auto mode: 1 GiB pages for the whole gigabytes and 2 MiB pages for the rest
@@ -168,7 +170,9 @@ static int pool_has(const struct plan *p, char *why, size_t size, const char **r
         return 1;
     char file[512];
     *reason = HPW_REASON_POOL;
-    if (pool_gives(HPW_1G, n1) && pool_gives(HPW_2M, n2)) { /* a cgroup limit binds */
+    if (pool_gives(HPW_1G, n1) && pool_gives(HPW_2M, n2) &&
+        !(cgroup_allows(HPW_1G, n1, NULL, 0) && cgroup_allows(HPW_2M, n2, NULL, 0))) {
+        /* a cgroup limit binds */
         *reason = HPW_REASON_CGROUP;
         size_t page = cgroup_allows(HPW_1G, n1, file, sizeof file) ? HPW_2M : HPW_1G;
         size_t n = page == HPW_1G ? n1 : n2;
@@ -178,6 +182,12 @@ static int pool_has(const struct plan *p, char *why, size_t size, const char **r
         return 0;
     }
     long a1 = hpw_pool_available(HPW_1G), a2 = hpw_pool_available(HPW_2M);
+    if (n1 + n2 && (!n1 || a1 >= (long)n1) && (!n2 || a2 >= (long)n2)) { /* the pool has them, a bound node not */
+        *reason = HPW_REASON_NODE;
+        size_t page = n1 && hpw_numa_free(HPW_1G) < (long)n1 ? HPW_1G : HPW_2M;
+        hpw_numa_short(page, page == HPW_1G ? n1 : n2, why, size);
+        return 0;
+    }
     int w = snprintf(why, size, "huge page pool short: need");
     if (n1 && w > 0 && (size_t)w < size)
         w += snprintf(why + w, size - (size_t)w, " %zu x 1 GiB pages, %ld free%s", n1,
@@ -260,6 +270,7 @@ void *hpw_try_takeover(size_t length, int prot, int flags, int fd, off_t offset,
         return give_up(path, taken);
     }
 
+    hpw_numa_place(base, huge_len); /* before the copy touches a page */
     double t0 = now();
     const char *what = NULL;
     unsigned threads = hpw_cfg.threads;
@@ -267,11 +278,12 @@ void *hpw_try_takeover(size_t length, int prot, int flags, int fd, off_t offset,
     /* The pages past the data too: the whole copy is then backed by huge pages
      * from the start, as smaps shows. */
     size_t past_data = (pl.bytes + HPW_2M - 1) / HPW_2M * HPW_2M;
-    /* Under a cgroup's fault limit, each page is faulted in before it is
-     * written, so that a page the limit refuses is an error here, not a
-     * SIGBUS; elsewhere the pool's reservation (at mmap) guarantees them, and
-     * the faults of the copy itself are cheaper than a separate pass. */
-    int limited = hpw_cgroup_room(HPW_2M, NULL, 0) >= 0 || hpw_cgroup_room(HPW_1G, NULL, 0) >= 0;
+    /* Under a cgroup's fault limit or a NUMA policy, each page is faulted in
+     * before it is written, so that a page the limit or the node refuses is an
+     * error here, not a SIGBUS; elsewhere the pool's reservation (at mmap)
+     * guarantees them, and the faults of the copy itself are cheaper than a
+     * separate pass. */
+    int limited = hpw_prefault_wanted(HPW_2M) || hpw_prefault_wanted(HPW_1G);
     int filled = fill_from(fd, direct, limited, offset, pl.bytes, base, &threads, &what) == 0;
     if (filled && past_data < huge_len && limited &&
         hpw_populate(base + past_data, huge_len - past_data) != 0) {

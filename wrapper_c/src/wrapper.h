@@ -15,6 +15,8 @@
 
 enum hpw_log_level { HPW_LOG_QUIET = 0, HPW_LOG_INFO = 1, HPW_LOG_DEBUG = 2 };
 enum hpw_page_choice { HPW_PAGE_AUTO = 0, HPW_PAGE_2M, HPW_PAGE_1G };
+enum hpw_numa_choice { HPW_NUMA_AUTO = 0, HPW_NUMA_INTERLEAVE, HPW_NUMA_OFF, HPW_NUMA_NODES };
+#define HPW_MAX_NODES 1024 /* the kernel's largest MAX_NUMNODES */
 
 /* The contracts with the agent (agent/hugepage_agent/consts.py defines them
  * too; tests/test_contracts.py holds the two equal): the library's file name,
@@ -31,6 +33,8 @@ enum hpw_page_choice { HPW_PAGE_AUTO = 0, HPW_PAGE_2M, HPW_PAGE_1G };
 #define HPW_ENV_THREADS "HUGEPAGE_WRAPPER_THREADS"
 #define HPW_ENV_KEEP_CACHE "HUGEPAGE_WRAPPER_KEEP_CACHE"
 #define HPW_ENV_DROP_CACHE "HUGEPAGE_WRAPPER_DROP_CACHE"
+#define HPW_ENV_NUMA "HUGEPAGE_WRAPPER_NUMA"           /* auto, interleave, off, or nodes */
+#define HPW_ENV_PREFAULT "HUGEPAGE_WRAPPER_PREFAULT"   /* 1: fault every mapping in at once */
 /* The reason= token that ends every fallback line (hpw_log_fallback). */
 #define HPW_REASON_POOL "pool-short"           /* the pool has too few free pages */
 #define HPW_REASON_CGROUP "cgroup-limit"       /* a cgroup's hugetlb limit */
@@ -38,6 +42,7 @@ enum hpw_page_choice { HPW_PAGE_AUTO = 0, HPW_PAGE_2M, HPW_PAGE_1G };
 #define HPW_REASON_TABLE "too-many-mappings"   /* the library's own tables are full */
 #define HPW_REASON_COPY "copy-failed"          /* reading the file into the copy failed */
 #define HPW_REASON_SIZE "size-too-large"
+#define HPW_REASON_NODE "node-short"           /* the NUMA node(s) it is bound to are short */
 #define HPW_ALLOC_MIN_DEFAULT (8UL << 20)
 
 struct hpw_config {
@@ -48,6 +53,9 @@ struct hpw_config {
     enum hpw_log_level log;
     unsigned threads;           /* reader threads, 0 = automatic */
     int keep_cache;             /* leave what a copy read in the page cache */
+    int prefault;               /* fault in every mapping at once, not only where needed */
+    enum hpw_numa_choice numa;  /* where the pages go on a host with several nodes */
+    unsigned long numa_nodes[HPW_MAX_NODES / (8 * sizeof(unsigned long))]; /* HPW_NUMA_NODES */
 };
 
 /* config.c: environment parsing (invalid values are reported once, default kept). */
@@ -125,6 +133,23 @@ long hpw_cgroup_room(size_t page, char *file, size_t file_len);
  * (errno EFAULT) where a page cannot be had, a cgroup's fault limit above all,
  * instead of a SIGBUS at the program's first touch. */
 int hpw_populate(char *p, size_t len);
+
+/* numa.c: the NUMA memory policy of the mappings served (HUGEPAGE_WRAPPER_NUMA).
+ * hpw_numa_active: 1 when one is set (a host with several nodes), and every
+ * mapping must then be faulted in before use. hpw_numa_place: set it on
+ * [p, p+len), before anything touches it. hpw_numa_free: the free pages of
+ * the node(s) a bound policy allows, -1 when none binds. hpw_numa_short: what
+ * those nodes have, for a fallback line ("node 1: 12 of 300 2 MiB pages free").
+ * hpw_parse_node_list: "0-2,5" into a mask of HPW_MAX_NODES bits. */
+int hpw_numa_active(void);
+const char *hpw_numa_policy(void);
+int hpw_numa_place(char *p, size_t len);
+long hpw_numa_free(size_t page);
+void hpw_numa_short(size_t page, size_t pages, char *out, size_t size);
+int hpw_parse_node_list(const char *s, unsigned long *mask);
+/* Whether a new mapping is faulted in at once: a NUMA policy, a cgroup's
+ * hugetlb limit, or HUGEPAGE_WRAPPER_PREFAULT=1. */
+int hpw_prefault_wanted(size_t page);
 
 /* copy.c: fill memory with file contents, in parallel; drops the page cache read.
  * `prefault`: fault each chunk in first (hpw_populate), where a page may be refused. */
