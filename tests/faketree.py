@@ -36,9 +36,15 @@ def make_tree(root: Path, *, mem_total_kb: int = 24 * GIB_KB, nodes: tuple[int, 
             for name, v in (("nr_hugepages", 0), ("free_hugepages", 0),
                             ("surplus_hugepages", 0)):
                 _write(root, f"{nd}/{name}", f"{v}\n")
-    for node in nodes:
+    for i, node in enumerate(nodes):
         _write(root, f"sys/devices/system/node/node{node}/compact", "")
+        # two CPUs a node, memory split evenly
+        _write(root, f"sys/devices/system/node/node{node}/cpulist", f"{2 * i}-{2 * i + 1}\n")
+        _write(root, f"sys/devices/system/node/node{node}/meminfo",
+               f"Node {node} MemTotal:       {mem_total_kb // len(nodes)} kB\n")
     _write(root, "sys/devices/system/node/online",
+           ",".join(str(n) for n in nodes) + "\n")
+    _write(root, "sys/devices/system/node/has_memory",
            ",".join(str(n) for n in nodes) + "\n")
     (root / "proc/sys/vm/nr_hugepages").symlink_to(
         os.path.relpath(root / "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",

@@ -162,6 +162,9 @@ def render(report: ApplyReport) -> str:
             fp = report.footprints.get(name)
             detail = fp.breakdown() if fp else "the file size (not a GGUF model)"
             lines.append(f"  model {name}: {pages} pages: {detail}")
+            split = dict(p.model_nodes).get(name)
+            if split:
+                lines.append("    per node: " + ", ".join(f"node {n}: {k}" for n, k in split))
             if fp and fp.dead:
                 lines.append(f"    of which {amounts.human_bytes(fp.dead)} dead: "
                              f"{loadmode.NOTES['mmap']}")

@@ -107,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("exec", parents=[common], help="run a program with the wrapper preloaded",
                        description="Run CMD with the huge page wrapper preloaded and configured "
                                    "from [wrapper], for hosts or containers without systemd.")
+    e.add_argument("--numa", metavar="PLACEMENT",
+                   help="where its huge pages go on a host with several NUMA nodes: auto "
+                        "(the default: the nodes of its CPUs, or the memory policy it already "
+                        "has, from numactl), interleave, off, or nodes such as 1 or 0-1")
     e.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                    help="the program and its arguments")
     sub.add_parser("daemon", parents=[common], help="run as the boot-time service",
@@ -229,7 +233,7 @@ def _cmd_exec(args: argparse.Namespace, host: Host) -> int:
     from hugepage_agent import execwrap
 
     cfg = config.load(host, args.config)
-    execwrap.exec_command(cfg, cmd)
+    execwrap.exec_command(cfg, cmd, numa=args.numa)
 
 
 def _cmd_daemon(args: argparse.Namespace, host: Host) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hugepage_agent import amounts, consts
+from hugepage_agent import amounts, consts, pools
 from hugepage_agent.errors import ConfigError, HostError
 from hugepage_agent.host import Host
 
@@ -109,9 +109,12 @@ class ModelConfig:
     unit: str | None = None  # an operator's own unit instead of llama-server@NAME
     autostart: bool = True
     restart: str = "on-change"  # or "manual": see RESTART_MODES
+    numa: str = "auto"  # one of NUMA_MODES, or "nodes" (numa_nodes)
+    numa_nodes: tuple[int, ...] = ()  # pinned there (numa = "nodes")
 
 
 RESTART_MODES = ("on-change", "manual")
+NUMA_MODES = ("auto", "interleave", "off")
 
 @dataclass(frozen=True)
 class Config:
@@ -144,7 +147,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 _MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "path": str, "args": list, "unit": str, "autostart": bool,
-    "restart": str,
+    "restart": str, "numa": (str, int, list),
 }
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
                dict: "a table", list: "a list"}
@@ -255,12 +258,14 @@ def load(host: Host, explicit: str | None = None, models_present: bool = True) -
             for key, value in body.items():
                 merged.setdefault(section, {})[key] = value
                 origins[f"{section}.{key}"] = file
-    return _build(merged, origins, models, tuple(f for f, _ in files), models_present)
+    return _build(merged, origins, models, tuple(f for f, _ in files), models_present,
+                  nodes_online=tuple(pools.online_nodes(host)))
 
 
 def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
            models: Mapping[str, tuple[str, int, dict[str, Any]]],
-           files: tuple[str, ...], models_present: bool = True) -> Config:
+           files: tuple[str, ...], models_present: bool = True, *,
+           nodes_online: tuple[int, ...] = ()) -> Config:
     def src(key: str) -> str:
         return origins.get(key, "<defaults>")
 
@@ -349,7 +354,8 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
                               strict=w.get("strict", False), log=wlog, threads=threads),
         server=ServerConfig(binary=binary, load_mode=load_mode, page_cache=page_cache),
         metrics=MetricsConfig(textfile_dir=textfile_dir, interval=interval),
-        models=tuple(_model(f, i, m, models_present) for f, i, m in models.values()),
+        models=tuple(_model(f, i, m, models_present, nodes_online)
+                     for f, i, m in models.values()),
         origins=tuple(sorted(origins.items())),
     )
 
@@ -370,8 +376,33 @@ def _nodes(file: str, nodes: Mapping[str, Any]) -> tuple[tuple[int, float], ...]
     return tuple(sorted(out))
 
 
+def _numa(file: str, key: str, value: object,
+          online: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+    """model.numa: "auto", "interleave", "off", a node (1) or nodes ([0, 1])."""
+    if isinstance(value, str):
+        if value not in NUMA_MODES:
+            raise ConfigError(file, key, f"{value!r} is not one of "
+                              + ", ".join(f'"{v}"' for v in NUMA_MODES)
+                              + ", a node number or a list of node numbers")
+        return value, ()
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ConfigError(file, key, "an empty list of nodes")
+    nodes: list[int] = []
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(file, key, f"{v!r} is not a NUMA node number")
+        known = online or (0,)
+        if v not in known:
+            raise ConfigError(file, key, f"NUMA node {v} does not exist on this host "
+                              f"(online: {', '.join(map(str, known))})")
+        if v not in nodes:
+            nodes.append(v)
+    return "nodes", tuple(sorted(nodes))
+
+
 def _model(file: str, index: int, m: Mapping[str, Any],
-           present: bool = True) -> ModelConfig:
+           present: bool = True, nodes_online: tuple[int, ...] = ()) -> ModelConfig:
     where = f"model[{index}]"
     name = m["name"]
     if not MODEL_NAME_RE.fullmatch(name):
@@ -410,5 +441,7 @@ def _model(file: str, index: int, m: Mapping[str, Any],
     if restart not in RESTART_MODES:
         raise ConfigError(file, f"{where}.restart", f"{restart!r} is not one of "
                           + ", ".join(f'"{r}"' for r in RESTART_MODES))
+    numa, numa_nodes = _numa(file, f"{where}.numa", m.get("numa", "auto"), nodes_online)
     return ModelConfig(name=name, path=path, size=size, args=tuple(args), unit=unit,
-                       autostart=m.get("autostart", True), restart=restart)
+                       autostart=m.get("autostart", True), restart=restart, numa=numa,
+                       numa_nodes=numa_nodes)

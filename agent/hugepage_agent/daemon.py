@@ -29,6 +29,7 @@ from hugepage_agent import (
     config,
     metrics,
     modelfiles,
+    numanodes,
     pools,
     preload,
     restarts,
@@ -242,7 +243,7 @@ class Agent:
     def _apply_and_sync(self, cfg: Config, previous: Config | None) -> apply.ApplyReport:
         # Everything that can be refused is refused before anything changes.
         library = find_library(cfg)
-        files = modelfiles.render_all(cfg, library)
+        files = modelfiles.render_all(cfg, library, numanodes.read_topology(self.host))
         plan_for(self.host, cfg)
         cannot = preload.model_problems(cfg, library, self.systemd.exec_info
                                         if self.systemd is not None else None)

@@ -5,15 +5,17 @@ configuration into the library's environment (the drop-ins use it too)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from hugepage_agent import consts, footprint, loadmode, modelstart, preload
-from hugepage_agent.config import DEFAULT_LIBRARY, Config
+from hugepage_agent import consts, footprint, loadmode, modelstart, numanodes, pools, preload
+from hugepage_agent.config import DEFAULT_LIBRARY, Config, ModelConfig
 from hugepage_agent.errors import AgentError, ConfigError
+from hugepage_agent.host import Host
 
 LIBRARY_NAME = consts.LIBRARY_NAME
 
@@ -55,6 +57,16 @@ def wrapper_env(cfg: Config, library: str) -> dict[str, str]:
     return env
 
 
+def model_env(env: Mapping[str, str], m: ModelConfig) -> dict[str, str]:
+    """The library's environment for one model: the [wrapper] settings and its
+    NUMA placement (left out when it is the library's default, auto)."""
+    out = dict(env)
+    value = numanodes.wrapper_value(m)
+    if value is not None:
+        out[consts.ENV_NUMA] = value
+    return out
+
+
 def configured_env(cfg: Config) -> dict[str, str] | None:
     """wrapper_env with the library the configuration names or the installed
     one; None when there is none (what a drop-in sets cannot be told then)."""
@@ -73,10 +85,26 @@ def merged_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, s
     return env
 
 
-def exec_command(cfg: Config, argv: Sequence[str]) -> NoReturn:
+def numa_option(value: str, online: Sequence[int]) -> str:
+    """`exec --numa`: the library's HUGEPAGE_WRAPPER_NUMA, checked."""
+    if value in ("auto", "interleave", "off"):
+        return value
+    if not re.fullmatch(r"[0-9]{1,4}(-[0-9]{1,4})?(,[0-9]{1,4}(-[0-9]{1,4})?)*", value):
+        raise AgentError(f"exec: --numa {value!r}: expected auto, interleave, off or NUMA "
+                         "nodes such as 1 or 0-1")
+    for node in pools.parse_node_list(value):
+        if node not in (online or [0]):
+            raise AgentError(f"exec: --numa {value}: NUMA node {node} does not exist on this "
+                             f"host (online: {', '.join(map(str, online or [0]))})")
+    return value
+
+
+def exec_command(cfg: Config, argv: Sequence[str], numa: str | None = None) -> NoReturn:
     if not argv:
         raise AgentError("exec: no command given (usage: hugepage-agent exec -- CMD ARGS...)")
     env = merged_env(os.environ, wrapper_env(cfg, find_library(cfg)))
+    if numa is not None:
+        env[consts.ENV_NUMA] = numa_option(numa, pools.online_nodes(Host("/")))
     argv = list(argv)
     if loadmode.is_llama_server(argv[0]):
         # as for the model units: weights into huge page heap buffers, unless chosen

@@ -8,10 +8,10 @@ import logging
 import os
 from dataclasses import dataclass
 
-from hugepage_agent import footprint, serveruser, startrecord, unitfiles
+from hugepage_agent import footprint, numanodes, serveruser, startrecord, unitfiles
 from hugepage_agent.config import DEFAULT_TEXTFILE_DIR, Config
 from hugepage_agent.errors import ConfigError
-from hugepage_agent.execwrap import wrapper_env
+from hugepage_agent.execwrap import model_env, wrapper_env
 from hugepage_agent.host import Host
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,17 @@ def render_agent_dropin(cfg: Config) -> str | None:
             f"ReadWritePaths={unitfiles.quote('-' + directory)}\n")
 
 
-def render_all(cfg: Config, library: str) -> dict[str, str]:
+def render_all(cfg: Config, library: str,
+               topo: numanodes.Topology | None = None) -> dict[str, str]:
     """Every file the agent owns for the configured models, and its own
-    drop-in: path -> text."""
+    drop-in: path -> text. `topo`: the host's NUMA nodes, for the cpuset of a
+    pinned model (None: one node)."""
     env = wrapper_env(cfg, library)
     out: dict[str, str] = {}
     for i, m in enumerate(cfg.models):
         try:
-            out[unitfiles.dropin_path(unitfiles.unit_for(m))] = unitfiles.render_dropin(m, env)
+            out[unitfiles.dropin_path(unitfiles.unit_for(m))] = unitfiles.render_dropin(
+                m, model_env(env, m), numanodes.cpuset(m, topo) if topo else None)
         except unitfiles.UnsafeValue as e:
             raise ConfigError(cfg.origin("wrapper.library"), f"model[{i}]",
                               f"cannot be written into a unit file: {e}") from e

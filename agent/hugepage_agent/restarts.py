@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from hugepage_agent import health, journal, startrecord, unitfiles
 from hugepage_agent.config import Config, ModelConfig
-from hugepage_agent.execwrap import configured_env
+from hugepage_agent.execwrap import configured_env, model_env
 from hugepage_agent.host import Host
 from hugepage_agent.systemd import Systemd, SystemdError, UnitState
 
@@ -61,7 +61,8 @@ def changed_models(host: Host, cfg: Config, systemd: Systemd) -> list[Changed]:
         record = startrecord.for_invocation(host, m.name, st.invocation_id)
         if record is None:
             continue
-        reasons = startrecord.changes(record, cfg, m, wanted)
+        reasons = startrecord.changes(record, cfg, m,
+                                      model_env(wanted, m) if wanted is not None else None)
         if reasons:
             out.append(Changed(m, unit, tuple(reasons)))
     return out

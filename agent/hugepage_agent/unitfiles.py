@@ -71,10 +71,18 @@ PREPARE = (f"/usr/bin/env -u LD_PRELOAD {consts.PRELOAD_ENV}=${{LD_PRELOAD}} "
            "/usr/bin/hugepage-agent prepare-model")
 
 
-def render_dropin(model: ModelConfig, env: dict[str, str]) -> str:
+def render_dropin(model: ModelConfig, env: dict[str, str],
+                  cpuset: tuple[str, str] | None = None) -> str:
+    """`cpuset`: (CPUs, memory nodes) a model pinned to NUMA nodes runs on."""
     lines = [header(f"for model {model.name}"), "[Unit]", f"Wants={AGENT_UNIT}",
              f"After={AGENT_UNIT}", "", "[Service]"]
     lines += [environment_line(k, v) for k, v in sorted(env.items())]
+    if cpuset is not None:
+        cpus, mems = cpuset  # lists of numbers ("0-1,4"): nothing to quote
+        lines += [f"# model.numa pins it: its threads and every page on node(s) {mems}"]
+        if cpus:
+            lines.append(f"AllowedCPUs={cpus}")
+        lines.append(f"AllowedMemoryNodes={mems}")
     if model.unit is not None:
         # the operator's own unit: record what this start runs with (the model
         # file's identity, these settings), as the template's ExecStartPre does,
