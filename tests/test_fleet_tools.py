@@ -42,13 +42,14 @@ def full_status() -> dict[str, object]:
     """A status with every branch the metrics writer has (pools with targets,
     a reservation, THP, a running model, the metrics interval)."""
     pool = {"page_size_kb": 2048, "node": None, "total": 100, "free": 40, "reserved": 0,
-            "surplus": 0, "target": 100, "shortfall": 0, "above_target": 0,
+            "surplus": 0, "target": 100, "models_need": 98, "shortfall": 0, "above_target": 0,
             "above_target_held": 0}
     model = {"name": "q4", "unit": "llama-server@q4.service", "model_bytes": 1 << 30,
              "hugetlb_bytes": 1 << 30, "hugetlb_file_bytes": 0, "hugetlb_alloc_bytes": 1 << 30,
              "fallback_bytes": 0, "dead_bytes": 0, "used_bytes": 1 << 30, "coverage": 1.0,
              "active": True, "wrapper_loaded": True, "pid": 4242,
-             "processes": [{"pid": 4242}], "restart_pending": ["args changed"]}
+             "processes": [{"pid": 4242}], "restart_pending": ["args changed"],
+             "numa": {"node_bytes": {"0": 1 << 29, "1": 1 << 29}, "off_node_ratio": 0.0}}
     return {"pools": [pool], "last_apply": {"rounds": 1, "seconds": 0.5, "time": 1.0},
             "thp": {"enabled": "never", "defrag": "never", "cmdline": None,
                     "as_configured": True},

@@ -61,6 +61,10 @@ def render(data: dict[str, Any]) -> str:
                        page_size_kb=p["page_size_kb"], node=node)
             out.metric("pool_shortfall_pages", "Pages the pool is short of its target",
                        p["shortfall"], page_size_kb=p["page_size_kb"], node=node)
+            if p.get("models_need") is not None:
+                out.metric("pool_models_need_pages",
+                           "Pages the models' projections put in this pool, before headroom",
+                           p["models_need"], page_size_kb=p["page_size_kb"], node=node)
             if p.get("above_target") is not None:
                 out.metric("pool_above_target_pages",
                            "Pages the pool is above its target: held by running servers (it "
@@ -122,6 +126,16 @@ def render(data: dict[str, Any]) -> str:
         if m.get("pid"):
             out.metric("model_server_pid", "The pid of the model's (first) server process",
                        m["pid"], **lab)
+        numa = m.get("numa")
+        if numa:
+            for node, b in numa["node_bytes"].items():
+                out.metric("model_numa_hugetlb_bytes",
+                           "Bytes of the model's huge pages on each NUMA node (numa_maps)",
+                           b, node=node, **lab)
+            if numa["off_node_ratio"] is not None:
+                out.metric("model_off_node_ratio",
+                           "Share of the model's huge pages outside the NUMA nodes its "
+                           "placement names", numa["off_node_ratio"], **lab)
         out.metric("model_restart_pending",
                    "1 when the running server was started with other arguments, model file, "
                    "binary or wrapper settings than configured", 1 if m.get("restart_pending")

@@ -19,6 +19,8 @@ from hugepage_agent import (
     footprint,
     journal,
     loadmode,
+    numamaps,
+    numanodes,
     pagecache,
     persist,
     pools,
@@ -42,11 +44,15 @@ SCHEMA_VERSION = 2
 
 def _pool_entry(p: pools.PoolState, plan: Plan | None) -> dict[str, Any]:
     target: int | None = None
+    need: int | None = None  # what the models' projections put here, before headroom
     if plan is not None and p.page_size_kb == plan.page_size_kb:
         if p.node is None:
             target = plan.target
+            need = plan.model_pages
         elif plan.per_node:
             target = dict(plan.per_node).get(p.node)
+            need = sum(dict(split).get(p.node, 0) for _, split in plan.model_nodes) \
+                if plan.model_nodes else None
     held = p.in_use + (p.reserved or 0)  # what no write can take back now
     above = max(0, p.total - target) if target is not None else None
     free = pools.free_above_target(p.total, held, target) if target is not None else 0
@@ -59,6 +65,7 @@ def _pool_entry(p: pools.PoolState, plan: Plan | None) -> dict[str, Any]:
         "surplus": p.surplus,
         "in_use": p.in_use,
         "target": target,
+        "models_need": need,
         "shortfall": max(0, target - p.total) if target is not None else None,
         # above target: held by running servers (the pool shrinks as they free
         # them), or free (the next apply gives them back)
@@ -67,10 +74,38 @@ def _pool_entry(p: pools.PoolState, plan: Plan | None) -> dict[str, Any]:
     }
 
 
+def _numa_entry(host: Host, m: ModelConfig, pids: list[int],
+                topo: numanodes.Topology) -> dict[str, Any]:
+    """Where the server's huge pages sit per node (numa_maps), against the
+    nodes its placement names: the configured ones, or for auto, those the
+    wrapper's policies name (none when it kept a policy the server had)."""
+    use = numamaps.NodeUse()
+    for pid in pids:
+        u = numamaps.read(host, pid)
+        if u is not None:
+            use.add(u)
+    nodes = numanodes.placement_nodes(m, topo)
+    if m.numa == "auto" and nodes:
+        nodes = use.policy_nodes()
+    off = use.off(nodes) if nodes else 0
+    return {
+        "placement": list(m.numa_nodes) if m.numa == "nodes" else m.numa,
+        "multi_node": topo.multi,
+        "nodes": list(nodes),
+        "policies": sorted(use.policies),
+        "node_bytes": {str(n): b for n, b in sorted(use.node_bytes.items())},
+        "off_node_bytes": off,
+        "off_node_ratio": round(off / use.total, 4) if use.total and nodes else None,
+    }
+
+
+MISPLACED_SHARE = 0.02  # of a model's huge pages outside its nodes: misplaced
+
+
 def _model_entry(host: Host, cfg: Config, m: ModelConfig,
-                 ctx: tuple[Systemd | None, footprint.Footprint | None],
+                 ctx: tuple[Systemd | None, footprint.Footprint | None, numanodes.Topology],
                  problems: list[str]) -> dict[str, Any]:
-    systemd, fp = ctx
+    systemd, fp, topo = ctx
     unit = unitfiles.unit_for(m)
     lm = footprint.load_mode(cfg.server.load_mode, cfg.server.binary, m.path, m.args,
                              cfg.wrapper.min_size) \
@@ -86,7 +121,7 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
         "load_mode": {**lm.to_json(), "at_start": None},
         "page_cache_bytes": res.cached if res is not None else None,
         "processes": [], "main_pid": None, "restart": m.restart, "restart_pending": None,
-        "verdict": "unknown",
+        "numa": None, "verdict": "unknown",
     }
     servers, unit_state = _find_servers(host, m, systemd, entry, cfg.wrapper.alloc_min_size)
     pid = servers[0][0] if servers else 0
@@ -115,6 +150,12 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
                  page_size_kb=cov.page_size_kb, wrapper_loaded=cov.wrapper_loaded,
                  file_pmd_bytes=cov.file_pmd_bytes)
     entry["verdict"] = _verdict(host, m, cov, entry, (pid, lm, fp))
+    numa = entry["numa"] = _numa_entry(host, m, [p for p, c in servers if c is not None], topo)
+    if numa["off_node_ratio"] is not None and numa["off_node_ratio"] > MISPLACED_SHARE:
+        misplaced = (f"misplaced: {numa['off_node_ratio'] * 100:.0f} % of its huge pages off "
+                     f"node(s) {numanodes.compact_list(numa['nodes'])}")
+        entry["verdict"] = (misplaced if entry["verdict"] == "loaded"
+                            else f"{entry['verdict']}; {misplaced}")
     pending = pending_changes(host, cfg, m, unit_state)
     if pending:
         entry["restart_pending"] = pending
@@ -136,7 +177,9 @@ def pending_changes(host: Host, cfg: Config, m: ModelConfig,
     record = startrecord.for_invocation(host, m.name, unit_state.invocation_id)
     if record is None:
         return []
-    return startrecord.changes(record, cfg, m, execwrap.configured_env(cfg))
+    env = execwrap.configured_env(cfg)
+    return startrecord.changes(record, cfg, m,
+                               execwrap.model_env(env, m) if env is not None else None)
 
 
 def _figures(cov: coverage.Coverage,
@@ -319,7 +362,8 @@ def collect(host: Host, cfg: Config | None, cfg_error: str | None = None,
         if c.overrides:
             problems.append(f"{c.file}:{c.line} overrides {persist.SYSCTL_KEY} with {c.value}")
 
-    models = [_model_entry(host, cfg, m, (systemd, fps.get(m.name)), problems)
+    topo = numanodes.read_topology(host)
+    models = [_model_entry(host, cfg, m, (systemd, fps.get(m.name), topo), problems)
               for m in cfg.models] if cfg else []
     hints = [NO_MODELS_HINT] if cfg is not None and not cfg.models else []
 
@@ -363,12 +407,13 @@ def _bytes(v: int | None) -> str:
 def render(data: dict[str, Any]) -> str:
     lines = []
     lines.append(f"{'POOL':<12} {'NODE':>4} {'TOTAL':>7} {'FREE':>7} {'RSVD':>6} {'SURP':>6} "
-                 f"{'TARGET':>7} {'SHORT':>6}")
+                 f"{'NEED':>7} {'TARGET':>7} {'SHORT':>6}")
     for p in data["pools"]:
         name = amounts.page_size_name(p["page_size_kb"] * 1024)
         lines.append(f"{name:<12} {_fmt(p['node']) if p['node'] is not None else 'all':>4} "
                      f"{p['total']:>7} {p['free']:>7} {_fmt(p['reserved']):>6} "
-                     f"{p['surplus']:>6} {_fmt(p['target']):>7} {_fmt(p['shortfall']):>6}")
+                     f"{p['surplus']:>6} {_fmt(p.get('models_need')):>7} "
+                     f"{_fmt(p['target']):>7} {_fmt(p['shortfall']):>6}")
     t = data["thp"]
     thp_line = f"THP: enabled={t['enabled']} defrag={t['defrag']}"
     if t["cmdline"] is not None:
@@ -423,6 +468,15 @@ def render(data: dict[str, Any]) -> str:
                          f"{_bytes(m['hugetlb_file_bytes'])} file copy, "
                          f"{_bytes(m['dead_bytes'])} dead; 4 KiB: "
                          f"{_bytes(m['fallback_bytes'])}")
+        numa = m.get("numa")
+        if numa and numa["multi_node"]:
+            where = ", ".join(f"node {n} {amounts.human_bytes(b)}"
+                              for n, b in numa["node_bytes"].items()) or "no huge pages"
+            placement = numa["placement"]
+            asked = (f"nodes {numanodes.compact_list(placement)}" if isinstance(placement, list)
+                     else placement)
+            lines.append(f"  NUMA: {where} (placement {asked}; policy "
+                         f"{', '.join(numa['policies']) or 'default'})")
         lm = m["load_mode"]
         lines.append(f"  load mode {lm['mode']} ({lm['chosen_by']}): {lm['note']}")
         if lm.get("at_start"):
