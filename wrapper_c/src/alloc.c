@@ -24,8 +24,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define TABLE_SIZE 8192 /* open addressing; at most half full */
-#define MAX_LIVE (TABLE_SIZE / 2)
+#define MAX_LIVE HPW_MAX_ALLOCS
+#define TABLE_SIZE (2 * MAX_LIVE) /* open addressing; at most half full */
 #define TOMBSTONE ((char *)1)
 #define FALLBACK_LOG_LINES 16
 

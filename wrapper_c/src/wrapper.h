@@ -157,7 +157,14 @@ int hpw_fill(int fd, int direct, int prefault, off_t offset, size_t bytes, char 
              unsigned threads, const char **what);
 unsigned hpw_default_threads(size_t bytes);
 
-/* registry.c: the memory served from huge pages (file copies and large
+/* How much the library serves at once: its tables are static (no malloc in
+ * an interposer). The registry holds every live allocation and, beside them,
+ * the file copies (each one or two regions, and their moved parts). */
+#define HPW_MAX_ALLOCS 4096      /* live large allocations (alloc.c) */
+#define HPW_MAX_FILE_REGIONS 256 /* file copies' regions at once */
+#define HPW_MAX_REGIONS (HPW_MAX_ALLOCS + HPW_MAX_FILE_REGIONS)
+
+/* registry.c, demote.c, rangeops.c, mremap.c (private: registry.h): the memory served from huge pages (file copies and large
  * allocations), and what range operations on it do. */
 enum { HPW_REGION_FILE = 1, HPW_REGION_ALLOC = 2 };
 struct hpw_file {            /* where a file copy came from */
