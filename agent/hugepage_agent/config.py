@@ -269,6 +269,8 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
     def src(key: str) -> str:
         return origins.get(key, "<defaults>")
 
+    d = Config()  # the defaults: the dataclasses above are their one source
+
     def choice(key: str, default: str, allowed: tuple[str, ...]) -> str:
         section, name = key.split(".")
         value: str = raw.get(section, {}).get(name, default)
@@ -277,10 +279,10 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
         return value
 
     p = raw.get("pool", {})
-    pool = PoolConfig()
+    pool = d.pool
     page_size = _field(src("pool.page_size"), "pool.page_size", amounts.parse_page_size,
-                       p.get("page_size", "2M"))
-    size: amounts.Amount | None = None
+                       p["page_size"]) if "page_size" in p else pool.page_size
+    size = pool.size
     if "size" in p and p["size"] != "auto":
         size = _field(src("pool.size"), "pool.size",
                       lambda v: amounts.parse_amount(v, allow_share=True), p["size"])
@@ -296,49 +298,50 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
             raise ConfigError(src("pool.limit"), "pool.limit", "must be more than zero")
     nodes = _nodes(src("pool.nodes"), p.get("nodes", {}))
 
-    enabled = choice("thp.enabled", "never", THP_MODES)
-    defrag = choice("thp.defrag", "never", DEFRAG_MODES)
+    enabled = choice("thp.enabled", d.thp.enabled, THP_MODES)
+    defrag = choice("thp.defrag", d.thp.defrag, DEFRAG_MODES)
 
     r = raw.get("reserve", {})
     timeout = _field(src("reserve.timeout"), "reserve.timeout", amounts.parse_duration,
-                     r.get("timeout", "30s"))
+                     r["timeout"]) if "timeout" in r else d.reserve.timeout
     if timeout > 3600:
         raise ConfigError(src("reserve.timeout"), "reserve.timeout", "more than one hour")
 
     w = raw.get("wrapper", {})
     min_size = _field(src("wrapper.min_size"), "wrapper.min_size",
                       lambda v: amounts.parse_amount(v, allow_pages=False, allow_share=False),
-                      w.get("min_size", "1G")).bytes
+                      w["min_size"]).bytes if "min_size" in w else d.wrapper.min_size
     if not min_size:
         raise ConfigError(src("wrapper.min_size"), "wrapper.min_size", "must be more than zero")
-    alloc_raw = w.get("alloc_min_size", "8M")
-    alloc_min = 0 if alloc_raw in ("off", 0) else _field(
+    alloc_raw = w.get("alloc_min_size")
+    alloc_min = d.wrapper.alloc_min_size if alloc_raw is None else 0 if alloc_raw in (
+        "off", 0) else _field(
         src("wrapper.alloc_min_size"), "wrapper.alloc_min_size",
         lambda v: amounts.parse_amount(v, allow_pages=False, allow_share=False),
         alloc_raw).bytes
-    wpage = choice("wrapper.page_size", "auto", WRAPPER_PAGE)
-    wlog = choice("wrapper.log", "info", WRAPPER_LOG)
-    threads = w.get("threads", 0)
+    wpage = choice("wrapper.page_size", d.wrapper.page_size, WRAPPER_PAGE)
+    wlog = choice("wrapper.log", d.wrapper.log, WRAPPER_LOG)
+    threads = w.get("threads", d.wrapper.threads)
     if not 0 <= threads <= 256:
         raise ConfigError(src("wrapper.threads"), "wrapper.threads", "must be from 0 to 256")
-    library = w.get("library", "")
+    library = w.get("library", d.wrapper.library)
     if library and not library.startswith("/"):
         raise ConfigError(src("wrapper.library"), "wrapper.library", "must be an absolute path")
 
-    binary = raw.get("server", {}).get("binary", DEFAULT_SERVER)
-    load_mode = choice("server.load_mode", "auto", LOAD_MODES)
-    page_cache = choice("server.page_cache", "drop", PAGE_CACHE)
-    pretouch = choice("reserve.pretouch", "auto", PRETOUCH)
+    binary = raw.get("server", {}).get("binary", d.server.binary)
+    load_mode = choice("server.load_mode", d.server.load_mode, LOAD_MODES)
+    page_cache = choice("server.page_cache", d.server.page_cache, PAGE_CACHE)
+    pretouch = choice("reserve.pretouch", d.reserve.pretouch, PRETOUCH)
     if not binary.startswith("/"):
         raise ConfigError(src("server.binary"), "server.binary", "must be an absolute path")
 
     mt = raw.get("metrics", {})
-    textfile_dir = mt.get("textfile_dir", DEFAULT_TEXTFILE_DIR)
+    textfile_dir = mt.get("textfile_dir", d.metrics.textfile_dir)
     if textfile_dir and not textfile_dir.startswith("/"):
         raise ConfigError(src("metrics.textfile_dir"), "metrics.textfile_dir",
                           "must be an absolute path (or \"\" for no metrics file)")
     interval = _field(src("metrics.interval"), "metrics.interval", amounts.parse_duration,
-                      mt.get("interval", "60s"))
+                      mt["interval"]) if "interval" in mt else d.metrics.interval
     if not 1 <= interval <= 86400:
         raise ConfigError(src("metrics.interval"), "metrics.interval", "from 1s to 24h")
 
@@ -347,11 +350,13 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
         pool=PoolConfig(page_size=page_size, size=size, headroom=headroom, limit=limit,
                         nodes=nodes),
         thp=ThpConfig(enabled=enabled, defrag=defrag),
-        reserve=ReserveConfig(timeout=timeout, drop_caches=r.get("drop_caches", False),
+        reserve=ReserveConfig(timeout=timeout, drop_caches=r.get("drop_caches",
+                                                                 d.reserve.drop_caches),
                               pretouch=pretouch),
         wrapper=WrapperConfig(library=library, min_size=min_size, alloc_min_size=alloc_min,
                               page_size=wpage,
-                              strict=w.get("strict", False), log=wlog, threads=threads),
+                              strict=w.get("strict", d.wrapper.strict), log=wlog,
+                              threads=threads),
         server=ServerConfig(binary=binary, load_mode=load_mode, page_cache=page_cache),
         metrics=MetricsConfig(textfile_dir=textfile_dir, interval=interval),
         models=tuple(_model(f, i, m, models_present, nodes_online)
@@ -424,7 +429,8 @@ def _model(file: str, index: int, m: Mapping[str, Any],
         if present:
             raise ConfigError(file, f"{where}.path", f"model file '{path}' cannot be used: "
                               f"{e.strerror or e}") from e
-    args = m.get("args", [])
+    base = ModelConfig(name=name, path=path, size=0)  # its defaults
+    args = m.get("args", list(base.args))
     for j, a in enumerate(args):
         if not isinstance(a, str):
             raise ConfigError(file, f"{where}.args[{j}]", "expected a string")
@@ -437,11 +443,11 @@ def _model(file: str, index: int, m: Mapping[str, Any],
         raise ConfigError(file, f"{where}.unit", f"{unit!r} must not be managed: the agent "
                           "would preload its library into it (the agent's own, systemd's, "
                           "D-Bus's and users' units are refused)")
-    restart = m.get("restart", "on-change")
+    restart = m.get("restart", base.restart)
     if restart not in RESTART_MODES:
         raise ConfigError(file, f"{where}.restart", f"{restart!r} is not one of "
                           + ", ".join(f'"{r}"' for r in RESTART_MODES))
-    numa, numa_nodes = _numa(file, f"{where}.numa", m.get("numa", "auto"), nodes_online)
+    numa, numa_nodes = _numa(file, f"{where}.numa", m.get("numa", base.numa), nodes_online)
     return ModelConfig(name=name, path=path, size=size, args=tuple(args), unit=unit,
-                       autostart=m.get("autostart", True), restart=restart, numa=numa,
+                       autostart=m.get("autostart", base.autostart), restart=restart, numa=numa,
                        numa_nodes=numa_nodes)
