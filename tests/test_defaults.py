@@ -38,7 +38,7 @@ def settings(cfg: Config) -> dict[str, Any]:
 
 
 def without_models(text: str) -> str:
-    return text.split("[[model]]")[0]
+    return text.split("[[model]]", maxsplit=1)[0]
 
 
 @pytest.mark.parametrize("name", ["default.toml", "example.toml"])
@@ -49,10 +49,10 @@ def test_shipped_files_set_the_defaults(tmp_path: Path, name: str) -> None:
 
 def test_example_names_every_key_with_its_default(tmp_path: Path) -> None:
     data = tomllib.loads((REPO / "config" / "example.toml").read_text())
-    for section, keys in config._SCHEMA.items():  # noqa: SLF001 - the schema is the key list
+    for section, keys in config._SCHEMA.items():
         assert set(data[section]) == set(keys), section
     model = data["model"][0]
-    assert set(config._MODEL_KEYS) - set(model) == {"unit"}  # noqa: SLF001 - shown commented
+    assert set(config._MODEL_KEYS) - set(model) == {"unit"}
     base = ModelConfig(name="x", path="/x", size=0)
     for key in ("autostart", "restart", "numa"):
         assert model[key] == getattr(base, key), key
@@ -65,8 +65,8 @@ def readme_rows() -> list[tuple[str, str]]:
 
 def test_readme_reference_lists_every_key() -> None:
     listed = {key for key, _ in readme_rows()}
-    want = {f"{s}.{k}" for s, ks in config._SCHEMA.items() for k in ks}  # noqa: SLF001
-    want |= {f"model.{k}" for k in config._MODEL_KEYS}  # noqa: SLF001
+    want = {f"{s}.{k}" for s, ks in config._SCHEMA.items() for k in ks}
+    want |= {f"model.{k}" for k in config._MODEL_KEYS}
     assert listed == want
 
 
