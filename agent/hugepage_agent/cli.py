@@ -4,6 +4,7 @@ errors become exit codes (0 as configured, 1 degraded, 2 error)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -50,6 +51,9 @@ commands:
            runs this); exit 2 when the new configuration is invalid and the
            daemon goes on with the old one
   release  give the pool back to the kernel and remove the persisted size
+  purge-files
+           remove every file the agent wrote at run time (what the package's
+           removal runs; --list shows them)
   run-model NAME
            what llama-server@NAME.service runs: exec llama-server with the
            model's path and arguments from the file the agent wrote
@@ -124,6 +128,16 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("release", parents=[common], help="give the pool back to the kernel",
                        description="Set the configured pool to zero (never below the pages "
                                    "in use) and remove the persisted pool size. Needs root.")
+    pf = sub.add_parser("purge-files", parents=[common],
+                        help="remove every file the agent wrote at run time",
+                        description="Remove what the agent wrote while running: the persisted "
+                                    "pool (sysctl.d, tmpfiles.d), the metrics file, the "
+                                    "drop-ins marked as its own, /var/lib/hugepage-agent and "
+                                    "/run/hugepage-agent, and the configuration directories "
+                                    "if empty. The package's removal runs it; the pool and "
+                                    "THP are left as they are (see release). Needs root.")
+    pf.add_argument("--list", action="store_true",
+                    help="print what would be removed (KIND PATH per line), remove nothing")
     rm = sub.add_parser("run-model", parents=[common], help="exec llama-server for a model",
                         description="Used by llama-server@.service: exec the configured "
                                     "llama-server with the model's path and arguments.")
@@ -263,6 +277,22 @@ def _cmd_release(args: argparse.Namespace, host: Host) -> int:
     return EXIT_OK
 
 
+def _cmd_purge_files(args: argparse.Namespace, host: Host) -> int:
+    from hugepage_agent import purge
+
+    cfg = None
+    with contextlib.suppress(AgentError):  # a configuration already gone is no error here
+        cfg = config.load(host, args.config, models_present=False)
+    items = purge.owned(host, cfg)
+    if args.list:
+        print("\n".join(it.line() for it in items))
+        return EXIT_OK
+    _require_root(host, "purge-files")
+    for path in purge.remove(host, items):
+        print(f"removed {path}")
+    return EXIT_OK
+
+
 def _cmd_run_model(args: argparse.Namespace, host: Host) -> int:
     from hugepage_agent import loadmode, modelstart
 
@@ -300,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     host = Host(args.root)
     handlers = {"apply": _cmd_apply, "status": _cmd_status, "exec": _cmd_exec,
+                "purge-files": _cmd_purge_files,
                 "daemon": _cmd_daemon, "reload": _cmd_reload, "release": _cmd_release,
                 "run-model": _cmd_run_model, "prepare-model": _cmd_prepare_model}
     try:

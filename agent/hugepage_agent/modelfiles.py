@@ -40,6 +40,14 @@ def render_agent_dropin(cfg: Config) -> str | None:
             f"ReadWritePaths={unitfiles.quote('-' + directory)}\n")
 
 
+def agent_dropin_metrics_dir(text: str) -> str | None:
+    """The metrics directory the agent's own drop-in (render_agent_dropin) opens."""
+    for value in unitfiles.quoted_settings(text, "ReadWritePaths"):
+        if value.startswith("-/"):
+            return value[1:].rstrip("/")
+    return None
+
+
 def render_all(cfg: Config, library: str,
                topo: numanodes.Topology | None = None) -> dict[str, str]:
     """Every file the agent owns for the configured models, and its own

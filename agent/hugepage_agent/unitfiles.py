@@ -95,17 +95,23 @@ def render_dropin(model: ModelConfig, env: dict[str, str],
     return "\n".join(lines) + "\n"
 
 
-_ENV_LINE_RE = re.compile(r'^Environment="((?:[^"\\]|\\.)*)"$')
+_QUOTED_LINE_RE = re.compile(r'^(\w+)="((?:[^"\\]|\\.)*)"$')
+
+
+def quoted_settings(text: str, name: str) -> list[str]:
+    """The values of every `NAME="..."` line quote() wrote, unquoted."""
+    out = []
+    for line in text.splitlines():
+        m = _QUOTED_LINE_RE.match(line)
+        if m is not None and m.group(1) == name:
+            out.append(re.sub(r"\\(.)", r"\1", m.group(2)).replace("%%", "%"))
+    return out
 
 
 def dropin_environment(text: str) -> dict[str, str]:
     """The environment a drop-in written by render_dropin sets (quote, undone)."""
     out = {}
-    for line in text.splitlines():
-        m = _ENV_LINE_RE.match(line)
-        if m is None:
-            continue
-        value = re.sub(r"\\(.)", r"\1", m.group(1)).replace("%%", "%")
+    for value in quoted_settings(text, "Environment"):
         key, _, val = value.partition("=")
         out[key] = val
     return out
