@@ -189,3 +189,111 @@ def test_install_use_and_purge_like_an_operator(clean_ct: Container) -> None:
     assert [p.name for p in ct.path("/etc/hugepage-agent").rglob("*") if p.is_file()] == \
         ["50-model.toml"]
     assert Path("/proc/sys/vm/nr_hugepages").read_text() == pool_before
+
+
+@pytest.fixture(scope="module")
+def rpm_ct(dist: Path, wrapper_build: Path) -> Iterator[tuple[Container, list[str]]]:
+    """A booted root with the host's rpm in it, and the command that runs it."""
+    def setup(c: Container) -> None:
+        (c.root / "srv/models").mkdir(parents=True)
+        subprocess.run([str(MAPTOOL), "mkfile", str(c.root / "srv/models/m.gguf"),
+                        str(200 << 20)], check=True)
+        # An RPM distribution's Python looks in site-packages, where the RPM
+        # puts the agent; Debian's looks in dist-packages: a .pth bridges the two.
+        site = subprocess.run(["rpm", "-qpl", str(next(dist.glob("*.rpm")))],
+                              capture_output=True, text=True, check=True).stdout.split()
+        pkg = next(f for f in site if f.endswith("/hugepage_agent"))
+        (c.root / "usr/lib/python3/dist-packages/rpm-site.pth").write_text(
+            str(Path(pkg).parent) + "\n")
+        shutil.copy2(next(dist.glob("*.rpm")), c.root / "root/hugepage-agent.rpm")
+        rpm_cmd.extend(put_rpm_in(c))
+
+    rpm_cmd: list[str] = []
+
+    with booted("hpa-rpm", setup, install=False, stop_units=["llama-server@m.service"]) as c:
+        yield c, rpm_cmd
+
+
+def put_rpm_in(c: Container) -> list[str]:
+    """The host's rpm (Debian's package `rpm`), copied into the root with the
+    libraries it links (in /opt/host-rpm/lib) and its macros, so that it runs inside the booted
+    container: its scriptlets then reach that systemd as on a host. Returns
+    the command line that runs it there."""
+    dest = c.root / "opt/host-rpm"
+    (dest / "lib").mkdir(parents=True)
+    ldd = subprocess.run(["ldd", "/usr/bin/rpm"], capture_output=True, text=True,
+                         check=True).stdout
+    for lib in re.findall(r"=> (/\S+)", ldd):
+        shutil.copy2(lib, dest / "lib")
+    for tool in ("rpm", "rpmdb", "rpmkeys", "rpmquery"):  # rpm runs the others by path
+        shutil.copy2(f"/usr/bin/{tool}", c.root / "usr/bin" / tool)
+    shutil.copytree("/usr/lib/rpm", c.root / "usr/lib/rpm")
+    return ["env", "LD_LIBRARY_PATH=/opt/host-rpm/lib", "rpm", "--dbpath", "/var/lib/rpm"]
+
+
+def deb_files(dist: Path) -> set[str]:
+    out = subprocess.run(["dpkg-deb", "-c", str(next(dist.glob("*.deb")))], capture_output=True,
+                         text=True, check=True).stdout
+    return {line.split(maxsplit=5)[5].lstrip(".").split(" -> ")[0] for line in out.splitlines()
+            if not line.startswith("d")}
+
+
+def same_place(path: str) -> str:
+    """A file's place whatever the distribution: Python's directory and the
+    man pages' compression aside, the .deb and the .rpm install the same."""
+    path = re.sub(r"^/usr/lib/python3[.0-9]*/(dist|site)-packages/", "PYTHON/", path)
+    path = re.sub(r"^/lib/systemd/", "/usr/lib/systemd/", path)
+    return re.sub(r"\.gz$", "", path)
+
+
+def test_rpm_installs_runs_and_erases_in_a_booted_root(
+        rpm_ct: tuple[Container, list[str]], dist: Path) -> None:
+    """The RPM installed for real by rpm itself, in a booted Debian root with
+    systemd (its scriptlets run there as on an RPM host), then used and erased
+    like the .deb."""
+    ct, cmd = rpm_ct
+    rpm = next(dist.glob("*.rpm"))
+    ct.run(*cmd, "--initdb")
+    r = ct.run(*cmd, "-i", "--nodeps", "/root/hugepage-agent.rpm", check=False)
+    print(f"\n$ rpm -i --nodeps {rpm.name}\n{r.stdout}{r.stderr}")
+    # --nodeps: the Debian root has no RPM database of python3 and the rest
+    assert r.returncode == 0 and "scriptlet failed" not in r.stderr, r.stderr
+    assert ct.run("getent", "passwd", "hugepage-llama").returncode == 0  # %post: sysusers
+    assert ct.prop("hugepage-agent.service", "UnitFileState") == "enabled"  # %post: enable
+    # every file the .deb ships, the .rpm ships (its changelog and lintian notes aside)
+    rpm_list = subprocess.run(["rpm", "-qpl", str(rpm)], capture_output=True, text=True,
+                              check=True).stdout.split()
+    debian_only = {"/usr/share/doc/hugepage-agent/changelog",  # dh_installchangelogs
+                   "/usr/share/doc/hugepage-agent/changelog.Debian",
+                   "/usr/share/lintian/overrides/hugepage-agent"}
+    missing = {same_place(f) for f in deb_files(dist)} - {same_place(f) for f in rpm_list} \
+        - debian_only
+    assert not missing, sorted(missing)
+
+    ct.systemctl("start", "hugepage-agent.service")
+    ct.path("/etc/hugepage-agent/config.d").mkdir(exist_ok=True)
+    ct.path("/etc/hugepage-agent/config.d/50-model.toml").write_text(
+        '[wrapper]\nmin_size = "64M"\n[server]\nbinary = "/usr/local/bin/fakeserver"\n'
+        '[[model]]\nname = "m"\npath = "/srv/models/m.gguf"\nargs = ["--port", "8080"]\n')
+    ct.systemctl("reload", "hugepage-agent.service")
+    deadline = time.monotonic() + 30
+    pid = 0
+    while time.monotonic() < deadline and not pid:
+        pid = int(ct.prop("llama-server@m.service", "MainPID") or 0)
+        time.sleep(0.2)
+    assert pid, ct.journal("llama-server@m.service") + ct.journal("hugepage-agent.service")
+    assert ct.path("/etc/systemd/system/llama-server@m.service.d/50-hugepage-agent.conf").exists()
+    assert ct.path("/etc/sysctl.d/80-hugepage-agent.conf").exists()
+
+    r = ct.run(*cmd, "-e", "--nodeps", "hugepage-agent", check=False)
+    print(f"$ rpm -e hugepage-agent\n{r.stdout}{r.stderr}")
+    assert r.returncode == 0 and "scriptlet failed" not in r.stderr, r.stderr
+    # %preun stopped the servers and the agent, and purge-files removed what it wrote
+    assert ct.prop("llama-server@m.service", "ActiveState") in ("inactive", "")
+    assert ct.prop("hugepage-agent.service", "ActiveState") in ("inactive", "")
+    for gone in (*rpm_list, "/etc/systemd/system/llama-server@m.service.d/50-hugepage-agent.conf",
+                 "/etc/sysctl.d/80-hugepage-agent.conf", "/var/lib/hugepage-agent"):
+        if gone in ("/etc/hugepage-agent", "/etc/hugepage-agent/config.d"):
+            continue  # they hold the operator's own file, which stays
+        assert not ct.path(gone).exists(), f"{gone} left after erase"
+    assert ct.path("/etc/hugepage-agent/config.d/50-model.toml").exists()
