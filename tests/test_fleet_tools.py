@@ -119,7 +119,7 @@ def test_bash_completion_offers_commands_options_and_model_names(tmp_path: Path)
     for name in ("qwen3-30b", "q4", "tiny"):
         (tmp_path / f"{name}.json").write_text("{}")
     assert complete("hugepage-agent ", tmp_path) == sorted(
-        ["apply", "status", "exec", "daemon", "reload", "release", "run-model",
+        ["apply", "status", "exec", "daemon", "reload", "release", "purge-files", "run-model",
          "prepare-model", "--version", "--help"])
     assert complete("hugepage-agent st", tmp_path) == ["status"]
     assert complete("hugepage-agent status --", tmp_path) == sorted(

@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from hugepage_agent import __version__, config
 from hugepage_agent.errors import (
@@ -23,6 +22,7 @@ from hugepage_agent.errors import (
     printable,
 )
 from hugepage_agent.host import Host
+from hugepage_agent.statusdoc import SCHEMA_VERSION, StatusDoc
 from hugepage_agent.systemd import Systemd, bus_available
 
 EXIT_OK = 0
@@ -102,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", parents=[common], help="show whether the host is as configured",
                        description="Show pools, THP, persistence and models. Readable by "
                                    "anyone. Exit 0 as configured, 1 degraded, 2 error.")
-    s.add_argument("--json", action="store_true", help="machine-readable output (schema v2)")
+    s.add_argument("--json", action="store_true",
+                   help=f"machine-readable output (schema v{SCHEMA_VERSION})")
     s.add_argument("--wait", type=float, metavar="SECONDS", default=0,
                    help="wait up to SECONDS for the host to be as configured (models still "
                         "loading, say) before reporting")
@@ -203,7 +204,7 @@ def _local_systemd(host: Host) -> Systemd | None:
         return None
 
 
-def _collect_status(args: argparse.Namespace, host: Host) -> dict[str, Any]:
+def _collect_status(args: argparse.Namespace, host: Host) -> StatusDoc:
     from hugepage_agent import status
 
     if host.is_real and args.config is None and bus_available():

@@ -43,6 +43,7 @@ from hugepage_agent.execwrap import find_library
 from hugepage_agent.host import Host
 from hugepage_agent.notify import notify
 from hugepage_agent.plan import plan_for
+from hugepage_agent.statusdoc import StatusDoc
 from hugepage_agent.systemd import Systemd, SystemdError
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class Agent:
         self.cfg: Config | None = None
         self.last: apply.ApplyReport | None = None
         self._metrics_warned: set[tuple[str, str]] = set()
-        self._status: tuple[float, tuple[tuple[str, str, int], ...], dict[str, Any]] | None = None
+        self._status: tuple[float, tuple[tuple[str, str, int], ...], StatusDoc] | None = None
         self._status_lock = threading.Lock()
 
     # -- the work -----------------------------------------------------------
@@ -296,7 +297,7 @@ class Agent:
                 f"({state}; {r.rounds} rounds, {r.seconds:.2f} s; "
                 f"measures: {r.measures_text()})")
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusDoc:
         """The status, collected afresh at most once per STATUS_MAX_AGE seconds
         while the model units stay as they were (it reads every process's
         maps, and anyone may ask for it); at once when a unit changed."""

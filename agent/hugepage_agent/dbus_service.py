@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
+
+from hugepage_agent.statusdoc import SCHEMA_VERSION, StatusDoc
 
 try:
     from pydbus.generic import signal as _signal
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class AgentLike(Protocol):
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> StatusDoc: ...
     def reload(self) -> tuple[bool, str]: ...
 
 
@@ -87,7 +89,7 @@ def publish(bus: Any, agent: AgentLike,
     return obj
 
 
-def call_status(address: str | None = None) -> dict[str, Any] | None:
+def call_status(address: str | None = None) -> StatusDoc | None:
     """The running daemon's status, or None when it does not answer."""
     try:
         import pydbus
@@ -97,7 +99,9 @@ def call_status(address: str | None = None) -> dict[str, Any] | None:
         data = json.loads(proxy.Status())
     except Exception:
         return None
-    return data if isinstance(data, dict) else None
+    # the daemon's document: the same schema, from the same package
+    ok = isinstance(data, dict) and data.get("version") == SCHEMA_VERSION
+    return cast(StatusDoc, data) if ok else None
 
 
 def call_reload(address: str | None = None) -> tuple[bool, str]:

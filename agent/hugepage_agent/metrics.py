@@ -4,9 +4,8 @@ collector: rendered from the status data (pure), written atomically as
 
 from __future__ import annotations
 
-from typing import Any
-
 from hugepage_agent.host import Host
+from hugepage_agent.statusdoc import StatusDoc
 
 FILE_NAME = "hugepage_agent.prom"
 THP_MODES = ("always", "madvise", "never", "defer", "defer+madvise")
@@ -28,8 +27,11 @@ class _Out:
         self.lines: list[str] = []
         self.seen: set[str] = set()
 
-    def metric(self, name: str, help_text: str, value: float, mtype: str = "gauge",
+    def metric(self, name: str, help_text: str, value: float | None, mtype: str = "gauge",
                **labels: object) -> None:
+        """One sample; none for a value the status does not know (None)."""
+        if value is None:
+            return
         full = f"hugepage_agent_{name}"
         if full not in self.seen:
             self.seen.add(full)
@@ -39,21 +41,20 @@ class _Out:
         self.lines.append(f"{full}{_labels(**labels)} {number!r}")
 
 
-def render(data: dict[str, Any]) -> str:
+def render(data: StatusDoc) -> str:
     out = _Out()
     for p in data["pools"]:
         node = "all" if p["node"] is None else str(p["node"])
-        for state in ("total", "free", "reserved", "surplus"):
-            if p[state] is not None:
-                out.metric("pool_pages", "Huge pages in the pool, by page size, node and state",
-                           p[state], page_size_kb=p["page_size_kb"], node=node, state=state)
+        for state, pages in (("total", p["total"]), ("free", p["free"]),
+                             ("reserved", p["reserved"]), ("surplus", p["surplus"])):
+            out.metric("pool_pages", "Huge pages in the pool, by page size, node and state",
+                       pages, page_size_kb=p["page_size_kb"], node=node, state=state)
     for p in data["pools"]:
         node = "all" if p["node"] is None else str(p["node"])
-        for state in ("total", "free"):
-            if p[state] is not None:
-                out.metric("pool_bytes", "The pool in bytes, by page size, node and state",
-                           p[state] * p["page_size_kb"] * 1024, page_size_kb=p["page_size_kb"],
-                           node=node, state=state)
+        for state, pages in (("total", p["total"]), ("free", p["free"])):
+            out.metric("pool_bytes", "The pool in bytes, by page size, node and state",
+                       pages * p["page_size_kb"] * 1024, page_size_kb=p["page_size_kb"],
+                       node=node, state=state)
     for p in data["pools"]:
         if p["target"] is not None:
             node = "all" if p["node"] is None else str(p["node"])
@@ -100,10 +101,11 @@ def render(data: dict[str, Any]) -> str:
         if m["hugetlb_bytes"] is not None:
             out.metric("model_hugetlb_bytes", "Bytes the model's server holds in huge pages",
                        m["hugetlb_bytes"], **lab)
-            for kind, key in (("file", "hugetlb_file_bytes"), ("alloc", "hugetlb_alloc_bytes")):
+            for kind, nbytes in (("file", m["hugetlb_file_bytes"]),
+                                 ("alloc", m["hugetlb_alloc_bytes"])):
                 out.metric("model_hugetlb_kind_bytes",
                            "Bytes in huge pages by kind: the model file's copy, allocations",
-                           m[key], kind=kind, **lab)
+                           nbytes, kind=kind, **lab)
             out.metric("model_fallback_bytes",
                        "Large memory of the server not in huge pages (fell back)",
                        m["fallback_bytes"], **lab)
@@ -147,7 +149,7 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(out.lines) + "\n"
 
 
-def write(host: Host, directory: str, data: dict[str, Any]) -> str:
+def write(host: Host, directory: str, data: StatusDoc) -> str:
     path = f"{directory.rstrip('/')}/{FILE_NAME}"
     host.write_atomic(path, render(data))
     return path

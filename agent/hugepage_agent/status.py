@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any
 
 from hugepage_agent import (
     __version__,
@@ -35,14 +34,21 @@ from hugepage_agent.config import Config, ModelConfig
 from hugepage_agent.errors import AgentError, HostError
 from hugepage_agent.host import Host
 from hugepage_agent.plan import Plan, plan_with
+from hugepage_agent.statusdoc import (
+    SCHEMA_VERSION,
+    ModelEntry,
+    NumaEntry,
+    PoolEntry,
+    ProcessEntry,
+    StatusDoc,
+)
 from hugepage_agent.systemd import Systemd, SystemdError, UnitState
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
 
 
-def _pool_entry(p: pools.PoolState, plan: Plan | None) -> dict[str, Any]:
+def _pool_entry(p: pools.PoolState, plan: Plan | None) -> PoolEntry:
     target: int | None = None
     need: int | None = None  # what the models' projections put here, before headroom
     if plan is not None and p.page_size_kb == plan.page_size_kb:
@@ -75,7 +81,7 @@ def _pool_entry(p: pools.PoolState, plan: Plan | None) -> dict[str, Any]:
 
 
 def _numa_entry(host: Host, m: ModelConfig, pids: list[int],
-                topo: numanodes.Topology) -> dict[str, Any]:
+                topo: numanodes.Topology) -> NumaEntry:
     """Where the server's huge pages sit per node (numa_maps), against the
     nodes its placement names: the configured ones, or for auto, those the
     wrapper's policies name (none when it kept a policy the server had)."""
@@ -104,7 +110,7 @@ MISPLACED_SHARE = 0.02  # of a model's huge pages outside its nodes: misplaced
 
 def _model_entry(host: Host, cfg: Config, m: ModelConfig,
                  ctx: tuple[Systemd | None, footprint.Footprint | None, numanodes.Topology],
-                 problems: list[str]) -> dict[str, Any]:
+                 problems: list[str]) -> ModelEntry:
     systemd, fp, topo = ctx
     unit = unitfiles.unit_for(m)
     lm = footprint.load_mode(cfg.server.load_mode, cfg.server.binary, m.path, m.args,
@@ -112,13 +118,14 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
         if m.unit is None else loadmode.LoadMode("unknown", "operator's unit", (),
                                                  evidence="the unit's own ExecStart=")
     res = pagecache.residency(m.path)
-    entry: dict[str, Any] = {
+    entry: ModelEntry = {
         "name": m.name, "path": m.path, "unit": unit, "active": None, "state": None,
         "pid": None, "model_bytes": m.size, "hugetlb_bytes": None,
         "hugetlb_file_bytes": None, "hugetlb_alloc_bytes": None, "fallback_bytes": None,
         "dead_bytes": None, "used_bytes": None, "coverage": None,
         "page_size_kb": None, "wrapper_loaded": None, "file_pmd_bytes": None,
-        "load_mode": {**lm.to_json(), "at_start": None},
+        "load_mode": {"mode": lm.mode, "chosen_by": lm.chosen_by, "note": lm.note,
+                      "evidence": lm.evidence, "at_start": None},
         "page_cache_bytes": res.cached if res is not None else None,
         "processes": [], "main_pid": None, "restart": m.restart, "restart_pending": None,
         "numa": None, "verdict": "unknown",
@@ -144,12 +151,17 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
     entry["processes"] = [_process_entry(host, p, c, fp) for p, c in servers if c is not None]
     dead, used, covered = _figures(cov, fp)
     share = covered or 0.0
-    entry.update(hugetlb_bytes=cov.hugetlb_bytes, hugetlb_file_bytes=cov.file_hugetlb_bytes,
-                 hugetlb_alloc_bytes=cov.heap_hugetlb_bytes, fallback_bytes=cov.fallback_bytes,
-                 dead_bytes=dead, used_bytes=used, coverage=round(min(share, 1.0), 4),
-                 page_size_kb=cov.page_size_kb, wrapper_loaded=cov.wrapper_loaded,
-                 file_pmd_bytes=cov.file_pmd_bytes)
-    entry["verdict"] = _verdict(host, m, cov, entry, (pid, lm, fp))
+    entry["hugetlb_bytes"] = cov.hugetlb_bytes
+    entry["hugetlb_file_bytes"] = cov.file_hugetlb_bytes
+    entry["hugetlb_alloc_bytes"] = cov.heap_hugetlb_bytes
+    entry["fallback_bytes"] = cov.fallback_bytes
+    entry["dead_bytes"] = dead
+    entry["used_bytes"] = used
+    entry["coverage"] = round(min(share, 1.0), 4)
+    entry["page_size_kb"] = cov.page_size_kb
+    entry["wrapper_loaded"] = cov.wrapper_loaded
+    entry["file_pmd_bytes"] = cov.file_pmd_bytes
+    entry["verdict"] = _verdict(host, m, cov, entry, (pid, lm, fp), dead=dead, used=used)
     numa = entry["numa"] = _numa_entry(host, m, [p for p, c in servers if c is not None], topo)
     if numa["off_node_ratio"] is not None and numa["off_node_ratio"] > MISPLACED_SHARE:
         misplaced = (f"misplaced: {numa['off_node_ratio'] * 100:.0f} % of its huge pages off "
@@ -194,7 +206,7 @@ def _figures(cov: coverage.Coverage,
 
 
 def _process_entry(host: Host, pid: int, cov: coverage.Coverage,
-                   fp: footprint.Footprint | None) -> dict[str, Any]:
+                   fp: footprint.Footprint | None) -> ProcessEntry:
     dead, used, share = _figures(cov, fp)
     return {"pid": pid, "comm": procs.comm(host, pid), "wrapper_loaded": cov.wrapper_loaded,
             "hugetlb_bytes": cov.hugetlb_bytes, "hugetlb_file_bytes": cov.file_hugetlb_bytes,
@@ -206,7 +218,7 @@ def _process_entry(host: Host, pid: int, cov: coverage.Coverage,
 Servers = list[tuple[int, coverage.Coverage | None]]
 
 
-def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: dict[str, Any],
+def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: ModelEntry,
                   large: int) -> tuple[Servers, UnitState | None]:
     """The processes that serve the model, with their memory, the first one
     shown as the model's pid: of the processes in the unit's cgroup, those that
@@ -219,9 +231,9 @@ def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: di
     if systemd is not None:
         try:
             st = systemd.state(entry["unit"])
-            entry.update(active=st.active_state == "active",
-                         state=f"{st.active_state}/{st.sub_state}", pid=st.main_pid or None,
-                         main_pid=st.main_pid or None)
+            entry["active"] = st.active_state == "active"
+            entry["state"] = f"{st.active_state}/{st.sub_state}"
+            entry["pid"] = entry["main_pid"] = st.main_pid or None
             pid = st.main_pid
             group = st.control_group
         except SystemdError as e:
@@ -240,7 +252,8 @@ def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: di
     if not holders:
         return [], st
     if systemd is None:
-        entry.update(active=True, state="running (not a unit)")
+        entry["active"] = True
+        entry["state"] = "running (not a unit)"
     return [(holders[0], coverage.read_coverage(host, holders[0], m.path, large))], st
 
 
@@ -263,10 +276,10 @@ def _start_choice(host: Host, m: ModelConfig, pid: int) -> dict[str, str] | None
     return None
 
 
-def _verdict(host: Host, m: ModelConfig, cov: coverage.Coverage, entry: dict[str, Any],
-             server: tuple[int, loadmode.LoadMode, footprint.Footprint | None]) -> str:
+def _verdict(host: Host, m: ModelConfig, cov: coverage.Coverage, entry: ModelEntry,
+             server: tuple[int, loadmode.LoadMode, footprint.Footprint | None], *,
+             dead: int, used: int) -> str:
     pid, lm, fp = server
-    used, dead = entry["used_bytes"], entry["dead_bytes"]
     if not cov.wrapper_loaded:
         without = [str(p["pid"]) for p in entry["processes"] if not p["wrapper_loaded"]]
         why = _not_loaded_reason(host, pid)
@@ -318,7 +331,7 @@ NO_MODELS_HINT = ("no models are configured yet, so the pool is empty: add one i
 
 
 def collect(host: Host, cfg: Config | None, cfg_error: str | None = None,
-            systemd: Systemd | None = None) -> dict[str, Any]:
+            systemd: Systemd | None = None) -> StatusDoc:
     problems: list[str] = []
     plan: Plan | None = None
     if cfg_error is not None:
@@ -404,7 +417,7 @@ def _bytes(v: int | None) -> str:
     return "-" if v is None else amounts.human_bytes(v)
 
 
-def render(data: dict[str, Any]) -> str:
+def render(data: StatusDoc) -> str:
     lines = []
     lines.append(f"{'POOL':<12} {'NODE':>4} {'TOTAL':>7} {'FREE':>7} {'RSVD':>6} {'SURP':>6} "
                  f"{'NEED':>7} {'TARGET':>7} {'SHORT':>6}")
@@ -455,14 +468,14 @@ def render(data: dict[str, Any]) -> str:
         procs_ = m.get("processes") or []
         if len(procs_) > 1 or (procs_ and procs_[0]["pid"] != m.get("main_pid")
                                and m.get("main_pid")):
-            for p in procs_:
-                cov = f"{p['coverage'] * 100:.1f}%" if p["coverage"] is not None else "-"
-                lines.append(f"  process {p['pid']} ({p['comm'] or '?'}"
-                             + (", the unit's main process" if p["pid"] == m.get("main_pid")
+            for proc in procs_:
+                cov = f"{proc['coverage'] * 100:.1f}%" if proc["coverage"] is not None else "-"
+                lines.append(f"  process {proc['pid']} ({proc['comm'] or '?'}"
+                             + (", the unit's main process" if proc["pid"] == m.get("main_pid")
                                 else f", main process {m.get('main_pid')}") + "): "
-                             f"{_bytes(p['hugetlb_bytes'])} huge, {_bytes(p['fallback_bytes'])} "
-                             f"4 KiB, {cov} covered, wrapper "
-                             f"{'yes' if p['wrapper_loaded'] else 'no'}")
+                             f"{_bytes(proc['hugetlb_bytes'])} huge, "
+                             f"{_bytes(proc['fallback_bytes'])} 4 KiB, {cov} covered, wrapper "
+                             f"{'yes' if proc['wrapper_loaded'] else 'no'}")
         if m["hugetlb_bytes"] is not None:
             lines.append(f"  huge pages: {_bytes(m['hugetlb_alloc_bytes'])} allocations, "
                          f"{_bytes(m['hugetlb_file_bytes'])} file copy, "
@@ -479,9 +492,9 @@ def render(data: dict[str, Any]) -> str:
                          f"{', '.join(numa['policies']) or 'default'})")
         lm = m["load_mode"]
         lines.append(f"  load mode {lm['mode']} ({lm['chosen_by']}): {lm['note']}")
-        if lm.get("at_start"):
-            lines.append(f"    this start: {lm['at_start']['mode']} "
-                         f"({lm['at_start']['why']})")
+        at_start = lm["at_start"]
+        if at_start:
+            lines.append(f"    this start: {at_start['mode']} ({at_start['why']})")
         if lm.get("evidence"):
             lines.append(f"    evidence: {lm['evidence']}")
         pc = m.get("page_cache_bytes")
