@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from hugepage_agent import (
     amounts,
@@ -31,12 +32,19 @@ log = logging.getLogger(__name__)
 STATE_FILE = state_file.LAST_APPLY_FILE
 
 
+class PoolBefore(NamedTuple):
+    """One pool before an apply: its label, its pages then, its target."""
+    label: str
+    pages: int
+    target: int
+
+
 @dataclass(frozen=True)
 class ApplyReport:
     plan: Plan
     dry_run: bool
     footprints: dict[str, footprint.Footprint]
-    pools_before: tuple[tuple[str, int, int], ...]  # (label, pages now, target) per pool
+    pools_before: tuple[PoolBefore, ...]
     thp_changes: tuple[thp.Change, ...]
     thp_cmdline: str | None
     files: tuple[persist.FileChange, ...]
@@ -83,7 +91,7 @@ def apply(host: Host, cfg: Config, dry_run: bool = False) -> ApplyReport:
     ctls = controls(host, plan)
     targets = [reserve.Target(c, pages) for c, pages in
                zip(ctls, [p for _, p in plan.per_node] or [plan.target])]
-    before = tuple((t.control.label, t.control.total(), t.pages) for t in targets)
+    before = tuple(PoolBefore(t.control.label, t.control.total(), t.pages) for t in targets)
 
     state = thp.read_state(host)
     changes = thp.plan_changes(state, cfg.thp.enabled, cfg.thp.defrag)
@@ -103,8 +111,7 @@ def apply(host: Host, cfg: Config, dry_run: bool = False) -> ApplyReport:
         result = reserve.reserve(
             targets, cfg.reserve.timeout,
             drop_caches=(lambda: pools.drop_caches(host)) if cfg.reserve.drop_caches else None)
-        gains = [(c.node, max(0, c.total() - before_pages))
-                 for c, (_, before_pages, _) in zip(ctls, before)]
+        gains = [(c.node, max(0, c.total() - b.pages)) for c, b in zip(ctls, before)]
         touched = pretouch.after_reserve(host, cfg.reserve.pretouch, plan.page_size_kb, gains)
         persist.write_files(host, files)
         for f in files:

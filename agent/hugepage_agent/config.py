@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hugepage_agent import amounts, consts, pools
 from hugepage_agent.errors import ConfigError, HostError
@@ -116,6 +116,12 @@ class ModelConfig:
 RESTART_MODES = ("on-change", "manual")
 NUMA_MODES = ("auto", "interleave", "off")
 
+class Origin(NamedTuple):
+    """The file that set a key last."""
+    key: str
+    file: str
+
+
 @dataclass(frozen=True)
 class Config:
     files: tuple[str, ...] = ()
@@ -126,7 +132,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     models: tuple[ModelConfig, ...] = ()
-    origins: tuple[tuple[str, str], ...] = ()  # (key, file that set it last)
+    origins: tuple[Origin, ...] = ()
 
     def origin(self, key: str) -> str:
         """The file that set a key last (for messages about the merged result)."""
@@ -361,7 +367,7 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
         metrics=MetricsConfig(textfile_dir=textfile_dir, interval=interval),
         models=tuple(_model(f, i, m, models_present, nodes_online)
                      for f, i, m in models.values()),
-        origins=tuple(sorted(origins.items())),
+        origins=tuple(Origin(k, f) for k, f in sorted(origins.items())),
     )
 
 

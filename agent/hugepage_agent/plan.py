@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from hugepage_agent import amounts, footprint, numanodes, pools
 from hugepage_agent.config import Config
@@ -12,19 +13,34 @@ from hugepage_agent.errors import ConfigError
 from hugepage_agent.host import Host
 
 
+class NodePages(NamedTuple):
+    node: int
+    pages: int
+
+
+class ModelPages(NamedTuple):
+    model: str
+    pages: int
+
+
+class ModelSplit(NamedTuple):
+    """Where one model's pages go: its pages on each node."""
+    model: str
+    nodes: tuple[NodePages, ...]
+
+
 @dataclass(frozen=True)
 class Plan:
     page_size: int
     target: int  # pages, whole machine
-    per_node: tuple[tuple[int, int], ...]  # (node, pages); empty: no NUMA split
+    per_node: tuple[NodePages, ...]  # empty: no NUMA split
     auto: bool
     model_pages: int  # what the models need before headroom
     limit_bytes: int
     mem_total: int
-    per_model: tuple[tuple[str, int], ...] = ()  # (model, pages) behind an auto target
-    # (model, ((node, pages), ...)): where each model's pages go, on a host with
-    # several nodes and an auto pool
-    model_nodes: tuple[tuple[str, tuple[tuple[int, int], ...]], ...] = ()
+    per_model: tuple[ModelPages, ...] = ()  # behind an auto target
+    # where each model's pages go, on a host with several nodes and an auto pool
+    model_nodes: tuple[ModelSplit, ...] = ()
 
     @property
     def page_size_kb(self) -> int:
@@ -35,10 +51,9 @@ class Plan:
         return self.target * self.page_size
 
 
-def _auto_per_node(cfg: Config, per_model: tuple[tuple[str, int], ...], headroom: int,
+def _auto_per_node(cfg: Config, per_model: tuple[ModelPages, ...], headroom: int,
                    topo: numanodes.Topology, node_mem: Mapping[int, int]
-                   ) -> tuple[list[tuple[int, int]], tuple[tuple[str, tuple[tuple[int, int], ...]],
-                                                           ...]]:
+                   ) -> tuple[list[NodePages], tuple[ModelSplit, ...]]:
     """Each node's pool from the models' placements: a model's pages all on
     its node, or evenly over its nodes (a model with placement off, evenly
     over every node with memory, as the kernel spreads a global pool), and the
@@ -49,7 +64,7 @@ def _auto_per_node(cfg: Config, per_model: tuple[tuple[str, int], ...], headroom
     splits = []
     for m, (name, pages) in zip(cfg.models, per_model):
         split = numanodes.split_pages(pages, numanodes.placement_nodes(m, topo) or topo.memory)
-        splits.append((name, tuple(sorted(split.items()))))
+        splits.append(ModelSplit(name, tuple(NodePages(n, k) for n, k in sorted(split.items()))))
         for n, k in split.items():
             need[n] = need.get(n, 0) + k
             if k:
@@ -59,7 +74,7 @@ def _auto_per_node(cfg: Config, per_model: tuple[tuple[str, int], ...], headroom
     for n in sorted(need):
         share = need[n] / total if total else 1 / len(need)
         pages = need[n] + math.ceil(headroom * share - 1e-9)
-        per_node.append((n, pages))
+        per_node.append(NodePages(n, pages))
         limit = cfg.pool.limit.resolve_bytes(ps, node_mem.get(n, 0)) if n in node_mem else None
         if limit is not None and pages * ps > limit:
             names = ", ".join(on_node.get(n, [])) or "none"
@@ -85,7 +100,7 @@ def make_plan(cfg: Config, mem_total: int, nodes_online: list[int],
     pool = cfg.pool
     ps = pool.page_size
     needs = needs or {}
-    per_model = tuple((m.name, amounts.pages_for(needs.get(m.name, m.size), ps))
+    per_model = tuple(ModelPages(m.name, amounts.pages_for(needs.get(m.name, m.size), ps))
                       for m in cfg.models)
     model_pages = sum(p for _, p in per_model)
     if pool.size is None:
@@ -104,8 +119,8 @@ def make_plan(cfg: Config, mem_total: int, nodes_online: list[int],
             f"({amounts.human_bytes(target * ps)}), above the limit of "
             f"{amounts.human_bytes(limit_bytes)} (pool.limit of "
             f"{amounts.human_bytes(mem_total)} MemTotal)")
-    per_node: list[tuple[int, int]] = []
-    model_nodes: tuple[tuple[str, tuple[tuple[int, int], ...]], ...] = ()
+    per_node: list[NodePages] = []
+    model_nodes: tuple[ModelSplit, ...] = ()
     if pool.size is None and not pool.nodes and topo is not None and topo.multi:
         per_node, model_nodes = _auto_per_node(cfg, per_model, target - model_pages, topo,
                                                node_mem or {})
@@ -114,7 +129,7 @@ def make_plan(cfg: Config, mem_total: int, nodes_online: list[int],
             raise ConfigError(cfg.origin("pool.nodes"), f"pool.nodes.{node}",
                               f"NUMA node {node} is not online (online: "
                               f"{', '.join(map(str, nodes_online)) or 'none'})")
-        per_node.append((node, math.ceil(target * share - 1e-9)))
+        per_node.append(NodePages(node, math.ceil(target * share - 1e-9)))
     if per_node:
         target = sum(n for _, n in per_node)
     return Plan(page_size=ps, target=target, per_node=tuple(per_node),

@@ -56,7 +56,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,13 @@ class Measure:
     gained: int  # pages the rewrites after it brought
 
 
+class PoolResult(NamedTuple):
+    """One pool after a reservation: its label, its target, what it reached."""
+    label: str
+    target: int
+    achieved: int
+
+
 @dataclass(frozen=True)
 class ReserveResult:
     target: int
@@ -131,7 +138,7 @@ class ReserveResult:
     start: int
     rounds: int
     seconds: float
-    per_pool: tuple[tuple[str, int, int], ...]  # (label, target, achieved)
+    per_pool: tuple[PoolResult, ...]
     first_write: int = 0  # pages the first write brought
     measures: tuple[Measure, ...] = ()
     stop: str = STOP_MET
@@ -287,7 +294,7 @@ def reserve(targets: Sequence[Target], timeout: float,
     measures = tuple(Measure(name, runs[name], gains[name]) for name in
                      (COMPACT, EVACUATE, SETTLE, RECLAIM, DROP_CACHES, COMPACT_NODES)
                      if name in runs)
-    per_pool = tuple((c.label, g, h) for (c, g), h in zip(goals, now))
+    per_pool = tuple(PoolResult(c.label, g, h) for (c, g), h in zip(goals, now))
     result = ReserveResult(target=target, achieved=sum(now), start=start, rounds=rounds,
                            seconds=clock() - t0, per_pool=per_pool, first_write=first_write,
                            measures=measures, stop=stop,
