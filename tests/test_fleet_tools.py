@@ -127,3 +127,24 @@ def test_bash_completion_offers_commands_options_and_model_names(tmp_path: Path)
     assert complete("hugepage-agent apply --d", tmp_path) == ["--dry-run"]
     assert complete("hugepage-agent run-model q", tmp_path) == ["q4", "qwen3-30b"]
     assert complete("hugepage-agent run-model ", tmp_path) == ["q4", "qwen3-30b", "tiny"]
+
+
+def test_metrics_of_several_models_come_one_group_per_metric() -> None:
+    """The text format wants every sample of a metric in one group: with two
+    models, their samples of each metric sit together, and promtool agrees."""
+    data = full_status()
+    second = dict(data["models"][0])  # type: ignore[index]
+    second["name"], second["unit"] = "f16", "llama-server@f16.service"
+    data["models"] = [data["models"][0], second]  # type: ignore[index]
+    text = metrics.render(data)  # type: ignore[arg-type]
+    names = [line.split("{")[0].split()[0] for line in text.splitlines()
+             if line and not line.startswith("#")]
+    seen: list[str] = []
+    for n in names:
+        if not seen or seen[-1] != n:
+            assert n not in seen, f"{n} samples are not together"
+            seen.append(n)
+    assert 'model="f16"' in text and 'model="q4"' in text
+    r = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr

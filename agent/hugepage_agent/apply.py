@@ -153,15 +153,14 @@ def _save_state(host: Host, plan: Plan, result: reserve.ReserveResult,
     state_file.write_last_apply(host, state)
 
 
-def render(report: ApplyReport) -> str:
-    """The human report printed by the CLI."""
+def _plan_lines(report: ApplyReport) -> list[str]:
+    """The target, its split per node and per model, the load modes."""
     p = report.plan
     ps = amounts.page_size_name(p.page_size)
-    lines = []
     how = (f"auto: {p.model_pages} pages for the models plus headroom" if p.auto
            else "configured")
-    lines.append(f"target: {p.target} x {ps} pages ({amounts.human_bytes(p.target_bytes)}, {how}); "
-                 f"limit {amounts.human_bytes(p.limit_bytes)}")
+    lines = [f"target: {p.target} x {ps} pages ({amounts.human_bytes(p.target_bytes)}, {how}); "
+             f"limit {amounts.human_bytes(p.limit_bytes)}"]
     if p.per_node:
         lines.append("  per node: " + ", ".join(f"node {n}: {c}" for n, c in p.per_node))
     if p.auto:
@@ -178,6 +177,12 @@ def render(report: ApplyReport) -> str:
     for name, lm in report.load_modes:
         lines.append(f"  model {name}: load mode {lm.mode} ({lm.chosen_by}): {lm.note}; "
                      f"evidence: {lm.evidence}")
+    return lines
+
+
+def _change_lines(report: ApplyReport) -> list[str]:
+    """What changed (or would): the pools, THP, the persisted files, conflicts."""
+    lines = []
     if report.dry_run:
         for label, pages, goal in report.pools_before:
             lines.append(f"would set {label}: {pages} -> {goal} pages")
@@ -186,8 +191,7 @@ def render(report: ApplyReport) -> str:
                      f"transparent_hugepage={report.thp_cmdline})")
     elif report.thp_changes:
         verb = "would set" if report.dry_run else "set"
-        for c in report.thp_changes:
-            lines.append(f"THP: {verb} {c.path}: {c.old} -> {c.new}")
+        lines += [f"THP: {verb} {c.path}: {c.old} -> {c.new}" for c in report.thp_changes]
     else:
         lines.append("THP: already as configured")
     for f in report.files:
@@ -195,34 +199,44 @@ def render(report: ApplyReport) -> str:
             if f.old is not None:
                 lines.append(f"{f.path}: unchanged")
         elif report.dry_run:
-            lines.append(f"would change {f.path}:")
-            lines.append(f.diff().rstrip("\n"))
+            lines += [f"would change {f.path}:", f.diff().rstrip("\n")]
         else:
             lines.append(f"{'removed' if f.new is None else 'wrote'} {f.path}")
     for cf in report.conflicts:
         effect = "overrides ours at boot" if cf.overrides else "is overridden by ours"
         lines.append(f"warning: {cf.file}:{cf.line} sets {persist.SYSCTL_KEY} = {cf.value} "
                      f"({effect})")
-    r = report.result
-    if r is not None:
-        status = "met" if r.met else f"SHORT by {r.target - r.achieved} pages"
-        lines.append(f"reserved: {r.achieved} of {r.target} x {ps} pages ({status}); "
-                     f"started from {r.start}, {r.rounds} rounds, {r.seconds:.2f} s")
-        lines.append(f"  measures: {r.measures_text()}")
-        if not r.met:
-            lines.append(f"  stopped: {r.explain()}")
-        if report.touched is not None:
-            lines.append(f"  {report.touched.text()}")
-        if len(r.per_pool) > 1:
-            for label, goal, have in r.per_pool:
-                lines.append(f"  {label}: {have} of {goal}")
-        if not r.met and r.stop == reserve.STOP_NO_MEMORY:
-            lines.append("the pool is short because memory is in use: stop memory-hungry "
-                         "services, lower pool.size, or reserve at boot.")
-        elif not r.met:
-            lines.append("the pool is short: free memory is fragmented or pinned. Try "
-                         "`hugepage-agent apply` again after stopping memory-hungry services, "
-                         "set [reserve] drop_caches = true, or reserve at boot.")
+    return lines
+
+
+def _result_lines(report: ApplyReport, r: reserve.ReserveResult) -> list[str]:
+    """What the reservation reached, and what to do when it fell short."""
+    ps = amounts.page_size_name(report.plan.page_size)
+    status = "met" if r.met else f"SHORT by {r.target - r.achieved} pages"
+    lines = [f"reserved: {r.achieved} of {r.target} x {ps} pages ({status}); "
+             f"started from {r.start}, {r.rounds} rounds, {r.seconds:.2f} s",
+             f"  measures: {r.measures_text()}"]
+    if not r.met:
+        lines.append(f"  stopped: {r.explain()}")
+    if report.touched is not None:
+        lines.append(f"  {report.touched.text()}")
+    if len(r.per_pool) > 1:
+        lines += [f"  {label}: {have} of {goal}" for label, goal, have in r.per_pool]
+    if not r.met and r.stop == reserve.STOP_NO_MEMORY:
+        lines.append("the pool is short because memory is in use: stop memory-hungry "
+                     "services, lower pool.size, or reserve at boot.")
+    elif not r.met:
+        lines.append("the pool is short: free memory is fragmented or pinned. Try "
+                     "`hugepage-agent apply` again after stopping memory-hungry services, "
+                     "set [reserve] drop_caches = true, or reserve at boot.")
+    return lines
+
+
+def render(report: ApplyReport) -> str:
+    """The human report printed by the CLI."""
+    lines = _plan_lines(report) + _change_lines(report)
+    if report.result is not None:
+        lines += _result_lines(report, report.result)
     if report.boot_hint:
         lines.append(f"1 GiB pages are best reserved at boot: add `{report.boot_hint}` to "
                      "the kernel command line")
