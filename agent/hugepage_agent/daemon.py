@@ -15,30 +15,27 @@ Stopping never releases the pool or changes THP: releasing is an explicit
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import queue
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from hugepage_agent import (
     apply,
     config,
-    metrics,
     modelfiles,
     numanodes,
     pools,
     preload,
     restarts,
     serveruser,
-    status,
     unitfiles,
 )
 from hugepage_agent.config import Config
-from hugepage_agent.errors import AgentError, HostError
+from hugepage_agent.daemonreport import Reporter
+from hugepage_agent.errors import AgentError
 from hugepage_agent.execwrap import find_library
 from hugepage_agent.host import Host
 from hugepage_agent.notify import notify
@@ -52,7 +49,6 @@ RECHECK_DELAY_MS = 500
 STOP_WAIT = 30.0  # seconds a removed model may take to exit
 EXTEND_EVERY = 10.0  # seconds between EXTEND_TIMEOUT_USEC messages
 EXTEND_BY_USEC = 60_000_000  # each asks for one more minute
-STATUS_MAX_AGE = 0.5  # seconds a Status() answer is reused: callers cannot load the loop
 
 
 @contextlib.contextmanager
@@ -120,9 +116,7 @@ class Agent:
         self.on_change = on_change
         self.cfg: Config | None = None
         self.last: apply.ApplyReport | None = None
-        self._metrics_warned: set[tuple[str, str]] = set()
-        self._status: tuple[float, tuple[tuple[str, str, int], ...], StatusDoc] | None = None
-        self._status_lock = threading.Lock()
+        self.reporter = Reporter(host, systemd, lambda: self.cfg)
 
     # -- the work -----------------------------------------------------------
     def start(self) -> apply.ApplyReport:
@@ -298,109 +292,49 @@ class Agent:
                 f"measures: {r.measures_text()})")
 
     def status(self) -> StatusDoc:
-        """The status, collected afresh at most once per STATUS_MAX_AGE seconds
-        while the model units stay as they were (it reads every process's
-        maps, and anyone may ask for it); at once when a unit changed."""
-        key = self._units_key()
-        with self._status_lock:
-            now = time.monotonic()
-            if (self._status is None or now - self._status[0] > STATUS_MAX_AGE
-                    or self._status[1] != key):
-                self._status = (now, key, status.collect(self.host, self.cfg,
-                                                         systemd=self.systemd))
-            return self._status[2]
-
-    def _units_key(self) -> tuple[tuple[str, str, int], ...]:
-        """What the model units are doing: a few cheap D-Bus property reads."""
-        if self.systemd is None or self.cfg is None:
-            return ()
-        out = []
-        for m in self.cfg.models:
-            unit = unitfiles.unit_for(m)
-            try:
-                st = self.systemd.state(unit)
-                out.append((unit, st.active_state, st.main_pid))
-            except SystemdError:
-                out.append((unit, "?", 0))
-        return tuple(out)
-
-    def forget_status(self) -> None:
-        with self._status_lock:
-            self._status = None
+        return self.reporter.status()
 
     def write_metrics(self) -> None:
-        """Refresh the node_exporter textfile, if one is configured, its directory
-        exists and is safe to write as root."""
-        directory = self.cfg.metrics.textfile_dir if self.cfg else ""
-        if not directory:
-            return
-        if not self.host.path(directory).is_dir():
-            self._warn_once(("missing", directory), logging.INFO, "metrics: %s does not exist; "
-                            "not writing "
-                            "metrics (install prometheus-node-exporter, or set [metrics] "
-                            "textfile_dir)", directory)
-            return
-        why = self.host.untrusted(directory)
-        if why is not None:
-            self._warn_once(("untrusted", directory), logging.ERROR, "metrics: not writing into "
-                            "%s: %s. Root "
-                            "writes there only where no other user can swap a path; use a "
-                            "directory owned by root and writable only by root, and point "
-                            "node_exporter's --collector.textfile.directory at it", directory,
-                            why)
-            return
-        try:
-            metrics.write(self.host, directory, self.status())
-        except AgentError as e:
-            read_only = isinstance(e, HostError) and e.errno == errno.EROFS
-            hint = (" (the service's sandbox lets it write there from its next start: "
-                    "systemctl restart hugepage-agent)" if read_only else "")
-            self._warn_once(("write", directory), logging.ERROR, "metrics: %s%s", e, hint)
-
-    def _warn_once(self, key: tuple[str, str], level: int, msg: str, *args: object) -> None:
-        """Log once per (reason, directory): a directory that was missing and is
-        then unsafe is still reported."""
-        if key not in self._metrics_warned:
-            self._metrics_warned.add(key)
-            log.log(level, msg, *args)
+        self.reporter.write_metrics()
 
 
-def run(host: Host, config_path: str | None) -> int:
-    from gi.repository import GLib
+class Loop:
+    """The daemon's GLib main loop and what feeds it: D-Bus, memory events,
+    the model units' jobs, signals, the metrics timer. Long work goes to the
+    worker; the loop keeps answering."""
 
-    from hugepage_agent import dbus_service
-    from hugepage_agent.systemd import system_bus
+    def __init__(self, host: Host, config_path: str | None) -> None:
+        from gi.repository import GLib
 
-    bus = system_bus()
-    published: list[Any] = []
+        from hugepage_agent.systemd import system_bus
 
-    def changed_in_loop(what: str) -> bool:
-        agent.forget_status()
-        agent.write_metrics()
-        if published:
-            published[0].Changed(what)
+        self.glib = GLib
+        self.bus = system_bus()
+        self.published: Any = None
+        self.units = Systemd(self.bus)
+        self.agent = Agent(host, config_path, self.units, self.changed)
+        self.worker = Worker()
+        self.loop = GLib.MainLoop()
+
+    def changed(self, what: str) -> None:  # from the worker: the loop does the rest
+        self.glib.idle_add(self._changed_in_loop, what)
+
+    def _changed_in_loop(self, what: str) -> bool:
+        self.agent.reporter.forget_status()
+        self.agent.write_metrics()
+        if self.published is not None:
+            self.published.Changed(what)
         return False
 
-    def changed(what: str) -> None:  # from the worker: the loop does the rest
-        GLib.idle_add(changed_in_loop, what)
-
-    units = Systemd(bus)
-    agent = Agent(host, config_path, units, changed)
-    with extending_timeout():
-        report = agent.start()
-    worker = Worker()
-    loop = GLib.MainLoop()
-
-    def run_in_worker(fn: Callable[[], Any]) -> Any:
+    def run_in_worker(self, fn: Callable[[], Any]) -> Any:
         """Runs fn on the worker; the loop keeps serving D-Bus and signals."""
-        job = worker.submit(fn)
-        context = GLib.MainContext.default()
+        job = self.worker.submit(fn)
+        context = self.glib.MainContext.default()
         while not job.done.is_set():
             context.iteration(False) or job.done.wait(0.02)
         return job.result
 
-    published.append(dbus_service.publish(bus, agent, run_in_worker))
-    def debounced() -> Callable[[Callable[[], object]], None]:
+    def debounced(self) -> Callable[[Callable[[], object]], None]:
         """Submits the first job of a burst to the worker RECHECK_DELAY_MS
         later; the others of the burst are dropped."""
         pending: list[int] = []
@@ -411,65 +345,78 @@ def run(host: Host, config_path: str | None) -> int:
 
             def fire() -> bool:
                 pending.clear()
-                worker.submit(job)
+                self.worker.submit(job)
                 return False
 
-            pending.append(GLib.timeout_add(RECHECK_DELAY_MS, fire))
+            pending.append(self.glib.timeout_add(RECHECK_DELAY_MS, fire))
 
         return submit
 
-    recheck_soon, shrink_soon = debounced(), debounced()
+    def watch(self) -> None:
+        """Memory events re-check the pool; a model unit's ended job may free
+        pages above the target (one check for a burst of either)."""
+        agent = self.agent
+        recheck_soon, shrink_soon = self.debounced(), self.debounced()
 
-    def on_memory_event(action: str, path: str) -> None:
-        recheck_soon(lambda: agent.recheck(f"memory event ({action} {path})"))
+        def on_memory_event(action: str, path: str) -> None:
+            recheck_soon(lambda: agent.recheck(f"memory event ({action} {path})"))
 
-    try:
-        from hugepage_agent.udev import MemoryWatcher
-
-        MemoryWatcher(on_memory_event).attach(GLib)
-    except Exception as e:  # pyudev missing or netlink refused: run on without it
-        log.warning("not watching kernel memory events: %s", e)
-
-    def on_unit_job_done(unit: str) -> None:
-        """A model unit stopped or restarted: the pages it held may be above the
-        pool's target now (one check for a burst of jobs)."""
-        if agent.is_model_unit(unit):
-            shrink_soon(lambda: agent.shrink_if_freed(f"{unit} stopped or restarted"))
-
-    try:
-        units.on_job_removed(on_unit_job_done)
-    except SystemdError as e:  # the periodic check below still shrinks the pool
-        log.warning("not watching the model units' jobs: %s", e)
-
-    def on_hup() -> bool:
         try:
-            worker.submit(agent.reload)  # the same path as D-Bus Reload()
+            from hugepage_agent.udev import MemoryWatcher
+
+            MemoryWatcher(on_memory_event).attach(self.glib)
+        except Exception as e:  # pyudev missing or netlink refused: run on without it
+            log.warning("not watching kernel memory events: %s", e)
+
+        def on_unit_job_done(unit: str) -> None:
+            if agent.is_model_unit(unit):
+                shrink_soon(lambda: agent.shrink_if_freed(f"{unit} stopped or restarted"))
+
+        try:
+            self.units.on_job_removed(on_unit_job_done)
+        except SystemdError as e:  # the periodic check still shrinks the pool
+            log.warning("not watching the model units' jobs: %s", e)
+
+    def on_hup(self) -> bool:
+        try:
+            self.worker.submit(self.agent.reload)  # the same path as D-Bus Reload()
         except Exception:  # the handler must survive: a lost SIGHUP must not kill us
             log.exception("SIGHUP: reload could not be started")
         return True
 
-    def on_term() -> bool:
+    def on_term(self) -> bool:
         log.info("stopping; the pool and THP are left as they are")
         notify("STOPPING=1")
-        loop.quit()
+        self.loop.quit()
         return False
 
-    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGHUP, on_hup)
-    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGTERM, on_term)
-    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGINT, on_term)
-
-    def on_timer() -> bool:
+    def on_timer(self) -> bool:
         try:
-            agent.write_metrics()
-            if agent.pool_can_shrink():  # a server that exited on its own, say
-                worker.submit(lambda: agent.shrink_if_freed("free pages above the target"))
+            self.agent.write_metrics()
+            if self.agent.pool_can_shrink():  # a server that exited on its own, say
+                self.worker.submit(
+                    lambda: self.agent.shrink_if_freed("free pages above the target"))
         except Exception:
             log.exception("metrics: internal error")
         return True
 
-    agent.write_metrics()
-    interval = agent.cfg.metrics.interval if agent.cfg else 60.0
-    GLib.timeout_add(int(interval * 1000), on_timer)
-    notify(f"READY=1\nSTATUS={Agent.summary(report)}")
-    loop.run()
-    return 0
+    def run(self) -> int:
+        from hugepage_agent import dbus_service
+
+        with extending_timeout():
+            report = self.agent.start()
+        self.published = dbus_service.publish(self.bus, self.agent, self.run_in_worker)
+        self.watch()
+        for sig, handler in ((signal.SIGHUP, self.on_hup), (signal.SIGTERM, self.on_term),
+                             (signal.SIGINT, self.on_term)):
+            self.glib.unix_signal_add(self.glib.PRIORITY_DEFAULT, sig, handler)
+        self.agent.write_metrics()
+        interval = self.agent.cfg.metrics.interval if self.agent.cfg else 60.0
+        self.glib.timeout_add(int(interval * 1000), self.on_timer)
+        notify(f"READY=1\nSTATUS={Agent.summary(report)}")
+        self.loop.run()
+        return 0
+
+
+def run(host: Host, config_path: str | None) -> int:
+    return Loop(host, config_path).run()
