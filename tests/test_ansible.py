@@ -101,8 +101,10 @@ def cmdline(c: Container, p: int) -> list[str]:
     return c.proc(p, "cmdline").read_bytes().decode().split("\0")[:-1]
 
 
-def test_rollout_idempotence_stop_on_failure_and_removal(fleet: dict[str, Container],
-                                                          dist: Path, tmp_path: Path) -> None:
+# One fleet's life in order (roll-out, a second run, a change, a failure, removal):
+# each step starts from the state the one before left, so it reads best whole.
+def test_rollout_idempotence_stop_on_failure_and_removal(  # noqa: PLR0915
+        fleet: dict[str, Container], dist: Path, tmp_path: Path) -> None:
     deb = next(dist.glob("*.deb"))
     want = {h: [model(i)] for i, h in enumerate(HOSTS, 1)}
     inv = inventory(tmp_path, fleet, want)

@@ -12,7 +12,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -172,29 +172,34 @@ def _check_type(file: str, key: str, value: object, t: type | tuple[type, ...]) 
         raise ConfigError(file, key, f"expected {_type_name(t)}, found {type(value).__name__}")
 
 
+def _check_models(file: str, body: object) -> None:
+    """The [[model]] tables of one file: known keys, their types, names once."""
+    if not isinstance(body, list):
+        raise ConfigError(file, "model", "expected [[model]] tables")
+    names: set[str] = set()
+    for i, m in enumerate(body):
+        where = f"model[{i}]"
+        if not isinstance(m, dict):
+            raise ConfigError(file, where, "expected a table")
+        for key, value in m.items():
+            if key not in _MODEL_KEYS:
+                raise ConfigError(file, f"{where}.{key}", "unknown key (expected one of "
+                                  f"{', '.join(_MODEL_KEYS)})")
+            _check_type(file, f"{where}.{key}", value, _MODEL_KEYS[key])
+        for req in ("name", "path"):
+            if req not in m:
+                raise ConfigError(file, f"{where}.{req}", "missing")
+        name = m["name"]
+        if name in names:
+            raise ConfigError(file, f"{where}.name", f"duplicate model name '{name}'")
+        names.add(name)
+
+
 def _check_file(file: str, data: Mapping[str, Any]) -> None:
     """Unknown keys and wrong types, per file, so the message names the right file."""
     for section, body in data.items():
         if section == "model":
-            if not isinstance(body, list):
-                raise ConfigError(file, "model", "expected [[model]] tables")
-            names: set[str] = set()
-            for i, m in enumerate(body):
-                where = f"model[{i}]"
-                if not isinstance(m, dict):
-                    raise ConfigError(file, where, "expected a table")
-                for key, value in m.items():
-                    if key not in _MODEL_KEYS:
-                        raise ConfigError(file, f"{where}.{key}", "unknown key (expected one of "
-                                          f"{', '.join(_MODEL_KEYS)})")
-                    _check_type(file, f"{where}.{key}", value, _MODEL_KEYS[key])
-                for req in ("name", "path"):
-                    if req not in m:
-                        raise ConfigError(file, f"{where}.{req}", "missing")
-                name = m["name"]
-                if name in names:
-                    raise ConfigError(file, f"{where}.name", f"duplicate model name '{name}'")
-                names.add(name)
+            _check_models(file, body)
             continue
         if section not in _SCHEMA:
             raise ConfigError(file, section, "unknown section (expected one of "
@@ -313,26 +318,7 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
     if timeout > 3600:
         raise ConfigError(src("reserve.timeout"), "reserve.timeout", "more than one hour")
 
-    w = raw.get("wrapper", {})
-    min_size = _field(src("wrapper.min_size"), "wrapper.min_size",
-                      lambda v: amounts.parse_amount(v, allow_pages=False, allow_share=False),
-                      w["min_size"]).bytes if "min_size" in w else d.wrapper.min_size
-    if not min_size:
-        raise ConfigError(src("wrapper.min_size"), "wrapper.min_size", "must be more than zero")
-    alloc_raw = w.get("alloc_min_size")
-    alloc_min = d.wrapper.alloc_min_size if alloc_raw is None else 0 if alloc_raw in (
-        "off", 0) else _field(
-        src("wrapper.alloc_min_size"), "wrapper.alloc_min_size",
-        lambda v: amounts.parse_amount(v, allow_pages=False, allow_share=False),
-        alloc_raw).bytes
-    wpage = choice("wrapper.page_size", d.wrapper.page_size, WRAPPER_PAGE)
-    wlog = choice("wrapper.log", d.wrapper.log, WRAPPER_LOG)
-    threads = w.get("threads", d.wrapper.threads)
-    if not 0 <= threads <= 256:
-        raise ConfigError(src("wrapper.threads"), "wrapper.threads", "must be from 0 to 256")
-    library = w.get("library", d.wrapper.library)
-    if library and not library.startswith("/"):
-        raise ConfigError(src("wrapper.library"), "wrapper.library", "must be an absolute path")
+    wrapper = _wrapper(raw.get("wrapper", {}), src, choice)
 
     binary = raw.get("server", {}).get("binary", d.server.binary)
     load_mode = choice("server.load_mode", d.server.load_mode, LOAD_MODES)
@@ -359,16 +345,42 @@ def _build(raw: dict[str, dict[str, Any]], origins: dict[str, str],
         reserve=ReserveConfig(timeout=timeout, drop_caches=r.get("drop_caches",
                                                                  d.reserve.drop_caches),
                               pretouch=pretouch),
-        wrapper=WrapperConfig(library=library, min_size=min_size, alloc_min_size=alloc_min,
-                              page_size=wpage,
-                              strict=w.get("strict", d.wrapper.strict), log=wlog,
-                              threads=threads),
+        wrapper=wrapper,
         server=ServerConfig(binary=binary, load_mode=load_mode, page_cache=page_cache),
         metrics=MetricsConfig(textfile_dir=textfile_dir, interval=interval),
         models=tuple(_model(f, i, m, models_present, nodes_online)
                      for f, i, m in models.values()),
         origins=tuple(Origin(k, f) for k, f in sorted(origins.items())),
     )
+
+
+def _wrapper(w: Mapping[str, Any], src: Callable[[str], str],
+             choice: Callable[[str, str, tuple[str, ...]], str]) -> WrapperConfig:
+    """[wrapper], validated (src: the file that set a key; choice: a value
+    checked against its allowed ones)."""
+    d = WrapperConfig()
+    min_size = _field(src("wrapper.min_size"), "wrapper.min_size",
+                      lambda v: amounts.parse_amount(v, allow_pages=False, allow_share=False),
+                      w["min_size"]).bytes if "min_size" in w else d.min_size
+    if not min_size:
+        raise ConfigError(src("wrapper.min_size"), "wrapper.min_size", "must be more than zero")
+    alloc_raw = w.get("alloc_min_size")
+    alloc_min = d.alloc_min_size if alloc_raw is None else 0 if alloc_raw in (
+        "off", 0) else _field(
+        src("wrapper.alloc_min_size"), "wrapper.alloc_min_size",
+        lambda v: amounts.parse_amount(v, allow_pages=False, allow_share=False),
+        alloc_raw).bytes
+    threads = w.get("threads", d.threads)
+    if not 0 <= threads <= 256:
+        raise ConfigError(src("wrapper.threads"), "wrapper.threads", "must be from 0 to 256")
+    library = w.get("library", d.library)
+    if library and not library.startswith("/"):
+        raise ConfigError(src("wrapper.library"), "wrapper.library", "must be an absolute path")
+    return WrapperConfig(library=library, min_size=min_size, alloc_min_size=alloc_min,
+                         page_size=choice("wrapper.page_size", d.page_size, WRAPPER_PAGE),
+                         strict=w.get("strict", d.strict),
+                         log=choice("wrapper.log", d.log, WRAPPER_LOG),
+                         threads=threads)
 
 
 def _nodes(file: str, nodes: Mapping[str, Any]) -> tuple[tuple[int, float], ...]:

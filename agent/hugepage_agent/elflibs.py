@@ -67,6 +67,32 @@ def symbol_versions(data: bytes) -> tuple[set[str], set[str]]:
     return needed, defined
 
 
+def _segments(data: bytes, e: str, wide: bool
+              ) -> tuple[list[tuple[int, int, int]], tuple[int, int] | None]:
+    """From the program headers: the loaded segments (vaddr, offset, filesz)
+    and the dynamic section (offset, size), None in a static file. Raises
+    struct.error when the file is truncated."""
+    if wide:
+        phoff, = struct.unpack_from(e + "Q", data, 32)
+        phentsize, phnum = struct.unpack_from(e + "HH", data, 54)
+    else:
+        phoff, = struct.unpack_from(e + "I", data, 28)
+        phentsize, phnum = struct.unpack_from(e + "HH", data, 42)
+    loads: list[tuple[int, int, int]] = []
+    dyn: tuple[int, int] | None = None
+    for i in range(phnum):
+        at = phoff + i * phentsize
+        if wide:
+            ptype, _, off, vaddr, _, filesz = struct.unpack_from(e + "IIQQQQ", data, at)
+        else:
+            ptype, off, vaddr, _, filesz = struct.unpack_from(e + "IIIII", data, at)
+        if ptype == PT_LOAD:
+            loads.append((vaddr, off, filesz))
+        elif ptype == PT_DYNAMIC:
+            dyn = (off, filesz)
+    return loads, dyn
+
+
 def _dynamic(data: bytes) -> tuple[list[tuple[int, int]], Callable[[int], int],
                                    Callable[[int], str]]:
     """The dynamic section's (tag, value) entries, a map from addresses to file
@@ -82,24 +108,7 @@ def _dynamic(data: bytes) -> tuple[list[tuple[int, int]], Callable[[int], int],
     e = "<" if endian == 1 else ">"
     wide = cls == 2
     try:
-        if wide:
-            phoff, = struct.unpack_from(e + "Q", data, 32)
-            phentsize, phnum = struct.unpack_from(e + "HH", data, 54)
-        else:
-            phoff, = struct.unpack_from(e + "I", data, 28)
-            phentsize, phnum = struct.unpack_from(e + "HH", data, 42)
-        loads: list[tuple[int, int, int]] = []  # (vaddr, offset, filesz)
-        dyn: tuple[int, int] | None = None
-        for i in range(phnum):
-            at = phoff + i * phentsize
-            if wide:
-                ptype, _, off, vaddr, _, filesz = struct.unpack_from(e + "IIQQQQ", data, at)
-            else:
-                ptype, off, vaddr, _, filesz = struct.unpack_from(e + "IIIII", data, at)
-            if ptype == PT_LOAD:
-                loads.append((vaddr, off, filesz))
-            elif ptype == PT_DYNAMIC:
-                dyn = (off, filesz)
+        loads, dyn = _segments(data, e, wide)
         if dyn is None:
             return [], lambda _: 0, nothing  # static
         entries: list[tuple[int, int]] = []

@@ -210,12 +210,40 @@ def _measure(step: str, short: list[tuple[PoolControl, int, int]],
     return max(SETTLE_PAUSE, pause) if step == SETTLE else pause
 
 
-def reserve(targets: Sequence[Target], timeout: float,
-            drop_caches: Callable[[], None] | None = None,
-            clock: Callable[[], float] = time.monotonic,
-            sleep: Callable[[float], None] = time.sleep) -> ReserveResult:
-    t0 = clock()
-    goals: list[tuple[PoolControl, int]] = []
+ALL_STEPS = (COMPACT, EVACUATE, SETTLE, RECLAIM, DROP_CACHES, COMPACT_NODES)
+
+
+class _Where(NamedTuple):
+    """Where a reservation stands after a round."""
+    short: list[tuple[PoolControl, int, int]]  # (pool, goal, have) of those short
+    missing: int  # bytes
+    room: int  # bytes free or reclaimable where they are short
+    unreachable: bool  # memory cannot cover what is missing
+    stop: str | None  # why to stop now, or None to go on
+
+
+def _where(goals: Sequence[tuple[PoolControl, int]], now: Sequence[int], stalled: int, *,
+           timed_out: bool) -> _Where:
+    short = [(c, g, h) for (c, g), h in zip(goals, now) if h < g]
+    if not short:
+        return _Where(short, 0, 0, False, STOP_MET)
+    missing = sum((g - h) * c.page_bytes for c, g, h in short)
+    rooms = [sum(c.room()) for c, _, _ in short]
+    room = sum(rooms)
+    unreachable = all(r < (g - h) * c.page_bytes for r, (c, g, h) in zip(rooms, short))
+    stop = None
+    # when the target cannot be met: take what rounds still gain, then stop
+    if unreachable and (room < min(c.page_bytes for c, _, _ in short)
+                        or stalled >= NO_ROOM_PATIENCE):
+        stop = STOP_NO_MEMORY
+    elif timed_out:
+        stop = STOP_NO_MEMORY if unreachable else STOP_TIMEOUT
+    return _Where(short, missing, room, unreachable, stop)
+
+
+def _goals(targets: Sequence[Target]) -> list[tuple[PoolControl, int]]:
+    """Each pool's goal: its target, never below the pages in use."""
+    goals = []
     for t in targets:
         floor = t.control.in_use()
         goal = t.pages
@@ -225,6 +253,25 @@ def reserve(targets: Sequence[Target], timeout: float,
                         t.control.label, goal, floor, floor)
             goal = floor
         goals.append((t.control, goal))
+    return goals
+
+
+def _ladder(goals: Sequence[tuple[PoolControl, int]], drop_caches: bool) -> _Ladder:
+    """The measures the loop escalates through for these pools."""
+    steps = [COMPACT, EVACUATE, SETTLE, RECLAIM]
+    if drop_caches:
+        steps.append(DROP_CACHES)
+    if any(c.nodes_differ() for c, _ in goals):
+        steps.append(COMPACT_NODES)
+    return _Ladder(steps)
+
+
+def reserve(targets: Sequence[Target], timeout: float,
+            drop_caches: Callable[[], None] | None = None,
+            clock: Callable[[], float] = time.monotonic,
+            sleep: Callable[[float], None] = time.sleep) -> ReserveResult:
+    t0 = clock()
+    goals = _goals(targets)
     start = sum(c.total() for c, _ in goals)
     target = sum(g for _, g in goals)
 
@@ -242,12 +289,7 @@ def reserve(targets: Sequence[Target], timeout: float,
 
     now = rewrite(have_now())
     first_write = max(0, counted(now) - min(start, target))
-    steps = [COMPACT, EVACUATE, SETTLE, RECLAIM]
-    if drop_caches is not None:
-        steps.append(DROP_CACHES)
-    if any(c.nodes_differ() for c, _ in goals):
-        steps.append(COMPACT_NODES)
-    ladder = _Ladder(steps)
+    ladder = _ladder(goals, drop_caches is not None)
     runs: dict[str, int] = {}
     gains: dict[str, int] = {}
     rounds = 1
@@ -255,23 +297,12 @@ def reserve(targets: Sequence[Target], timeout: float,
     stop = STOP_MET
     missing = room = 0
     while True:
-        short = [(c, g, h) for (c, g), h in zip(goals, now) if h < g]
-        if not short:
-            stop = STOP_MET
+        where = _where(goals, now, stalled, timed_out=clock() - t0 >= timeout)
+        missing, room, unreachable = where.missing, where.room, where.unreachable
+        if where.stop is not None:
+            stop = where.stop
             break
-        missing = sum((g - h) * c.page_bytes for c, g, h in short)
-        rooms = [sum(c.room()) for c, _, _ in short]
-        room = sum(rooms)
-        unreachable = all(r < (g - h) * c.page_bytes for r, (c, g, h) in zip(rooms, short))
-        # when the target cannot be met: take what rounds still gain, then stop
-        if unreachable and (room < min(c.page_bytes for c, _, _ in short)
-                            or stalled >= NO_ROOM_PATIENCE):
-            stop = STOP_NO_MEMORY
-            break
-        elapsed = clock() - t0
-        if elapsed >= timeout:
-            stop = STOP_NO_MEMORY if unreachable else STOP_TIMEOUT
-            break
+        short = where.short
         # memory is full, not fragmented: only compaction can still gain pages (an
         # evacuation then asks the kernel for 1 GiB ranges it cannot empty, and
         # measured here held one write for 29 s of a 30 s budget)
@@ -291,8 +322,7 @@ def reserve(targets: Sequence[Target], timeout: float,
         else:
             ladder.no_gain()
             stalled += 1
-    measures = tuple(Measure(name, runs[name], gains[name]) for name in
-                     (COMPACT, EVACUATE, SETTLE, RECLAIM, DROP_CACHES, COMPACT_NODES)
+    measures = tuple(Measure(name, runs[name], gains[name]) for name in ALL_STEPS
                      if name in runs)
     per_pool = tuple(PoolResult(c.label, g, h) for (c, g), h in zip(goals, now))
     result = ReserveResult(target=target, achieved=sum(now), start=start, rounds=rounds,

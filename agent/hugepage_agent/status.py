@@ -417,7 +417,8 @@ def _bytes(v: int | None) -> str:
     return "-" if v is None else amounts.human_bytes(v)
 
 
-def render(data: StatusDoc) -> str:
+def _host_lines(data: StatusDoc) -> list[str]:
+    """The pools, THP, the persisted size and the last apply."""
     lines = []
     lines.append(f"{'POOL':<12} {'NODE':>4} {'TOTAL':>7} {'FREE':>7} {'RSVD':>6} {'SURP':>6} "
                  f"{'NEED':>7} {'TARGET':>7} {'SHORT':>6}")
@@ -454,56 +455,68 @@ def render(data: StatusDoc) -> str:
                         f"{la['pretouch']['seconds']} s"
                         if isinstance(la.get("pretouch"), dict) and la["pretouch"].get("pages")
                         else ""))
+    return lines
+
+
+def _model_lines(m: ModelEntry) -> list[str]:
+    """One model: its row, its processes, huge pages, NUMA, load mode, page cache."""
+    lines: list[str] = []
+    cover = f"{m['coverage'] * 100:.1f}%" if m["coverage"] is not None else "-"
+    page = amounts.page_size_name(m["page_size_kb"] * 1024) if m["page_size_kb"] else "-"
+    wrapper = {True: "yes", False: "no", None: "-"}[m["wrapper_loaded"]]
+    lines.append(f"{m['name']:<16} {m['unit']:<32} {_fmt(m['state']):<18} "
+                 f"{_fmt(m['pid']):>7} {amounts.human_bytes(m['model_bytes']):>10} "
+                 f"{_bytes(m['hugetlb_bytes']):>10} {_bytes(m['fallback_bytes']):>10} "
+                 f"{cover:>6} {page:>5} {wrapper:<8} {m['verdict']}")
+    procs_ = m.get("processes") or []
+    if len(procs_) > 1 or (procs_ and procs_[0]["pid"] != m.get("main_pid")
+                           and m.get("main_pid")):
+        for proc in procs_:
+            cov = f"{proc['coverage'] * 100:.1f}%" if proc["coverage"] is not None else "-"
+            lines.append(f"  process {proc['pid']} ({proc['comm'] or '?'}"
+                         + (", the unit's main process" if proc["pid"] == m.get("main_pid")
+                            else f", main process {m.get('main_pid')}") + "): "
+                         f"{_bytes(proc['hugetlb_bytes'])} huge, "
+                         f"{_bytes(proc['fallback_bytes'])} 4 KiB, {cov} covered, wrapper "
+                         f"{'yes' if proc['wrapper_loaded'] else 'no'}")
+    if m["hugetlb_bytes"] is not None:
+        lines.append(f"  huge pages: {_bytes(m['hugetlb_alloc_bytes'])} allocations, "
+                     f"{_bytes(m['hugetlb_file_bytes'])} file copy, "
+                     f"{_bytes(m['dead_bytes'])} dead; 4 KiB: "
+                     f"{_bytes(m['fallback_bytes'])}")
+    numa = m.get("numa")
+    if numa and numa["multi_node"]:
+        where = ", ".join(f"node {n} {amounts.human_bytes(b)}"
+                          for n, b in numa["node_bytes"].items()) or "no huge pages"
+        placement = numa["placement"]
+        asked = (f"nodes {numanodes.compact_list(placement)}" if isinstance(placement, list)
+                 else placement)
+        lines.append(f"  NUMA: {where} (placement {asked}; policy "
+                     f"{', '.join(numa['policies']) or 'default'})")
+    lm = m["load_mode"]
+    lines.append(f"  load mode {lm['mode']} ({lm['chosen_by']}): {lm['note']}")
+    at_start = lm["at_start"]
+    if at_start:
+        lines.append(f"    this start: {at_start['mode']} ({at_start['why']})")
+    if lm.get("evidence"):
+        lines.append(f"    evidence: {lm['evidence']}")
+    pc = m.get("page_cache_bytes")
+    share = pc / m["model_bytes"] * 100 if pc is not None and m["model_bytes"] else 0.0
+    lines.append("  page cache: " + ("unknown (the kernel tells it only to the file's "
+                                     "owner, a writer, or root; run as root)"
+                                     if pc is None else
+                                     f"{amounts.human_bytes(pc)} of the model file "
+                                     f"({share:.0f}%)"))
+    return lines
+
+
+def render(data: StatusDoc) -> str:
+    lines = _host_lines(data)
     if data["models"]:
         lines.append(f"{'MODEL':<16} {'UNIT':<32} {'STATE':<18} {'PID':>7} {'SIZE':>10} "
                      f"{'HUGE':>10} {'4K':>10} {'COVER':>6} {'PAGE':>5} {'WRAPPER':<8} VERDICT")
     for m in data["models"]:
-        cover = f"{m['coverage'] * 100:.1f}%" if m["coverage"] is not None else "-"
-        page = amounts.page_size_name(m["page_size_kb"] * 1024) if m["page_size_kb"] else "-"
-        wrapper = {True: "yes", False: "no", None: "-"}[m["wrapper_loaded"]]
-        lines.append(f"{m['name']:<16} {m['unit']:<32} {_fmt(m['state']):<18} "
-                     f"{_fmt(m['pid']):>7} {amounts.human_bytes(m['model_bytes']):>10} "
-                     f"{_bytes(m['hugetlb_bytes']):>10} {_bytes(m['fallback_bytes']):>10} "
-                     f"{cover:>6} {page:>5} {wrapper:<8} {m['verdict']}")
-        procs_ = m.get("processes") or []
-        if len(procs_) > 1 or (procs_ and procs_[0]["pid"] != m.get("main_pid")
-                               and m.get("main_pid")):
-            for proc in procs_:
-                cov = f"{proc['coverage'] * 100:.1f}%" if proc["coverage"] is not None else "-"
-                lines.append(f"  process {proc['pid']} ({proc['comm'] or '?'}"
-                             + (", the unit's main process" if proc["pid"] == m.get("main_pid")
-                                else f", main process {m.get('main_pid')}") + "): "
-                             f"{_bytes(proc['hugetlb_bytes'])} huge, "
-                             f"{_bytes(proc['fallback_bytes'])} 4 KiB, {cov} covered, wrapper "
-                             f"{'yes' if proc['wrapper_loaded'] else 'no'}")
-        if m["hugetlb_bytes"] is not None:
-            lines.append(f"  huge pages: {_bytes(m['hugetlb_alloc_bytes'])} allocations, "
-                         f"{_bytes(m['hugetlb_file_bytes'])} file copy, "
-                         f"{_bytes(m['dead_bytes'])} dead; 4 KiB: "
-                         f"{_bytes(m['fallback_bytes'])}")
-        numa = m.get("numa")
-        if numa and numa["multi_node"]:
-            where = ", ".join(f"node {n} {amounts.human_bytes(b)}"
-                              for n, b in numa["node_bytes"].items()) or "no huge pages"
-            placement = numa["placement"]
-            asked = (f"nodes {numanodes.compact_list(placement)}" if isinstance(placement, list)
-                     else placement)
-            lines.append(f"  NUMA: {where} (placement {asked}; policy "
-                         f"{', '.join(numa['policies']) or 'default'})")
-        lm = m["load_mode"]
-        lines.append(f"  load mode {lm['mode']} ({lm['chosen_by']}): {lm['note']}")
-        at_start = lm["at_start"]
-        if at_start:
-            lines.append(f"    this start: {at_start['mode']} ({at_start['why']})")
-        if lm.get("evidence"):
-            lines.append(f"    evidence: {lm['evidence']}")
-        pc = m.get("page_cache_bytes")
-        share = pc / m["model_bytes"] * 100 if pc is not None and m["model_bytes"] else 0.0
-        lines.append("  page cache: " + ("unknown (the kernel tells it only to the file's "
-                                         "owner, a writer, or root; run as root)"
-                                         if pc is None else
-                                         f"{amounts.human_bytes(pc)} of the model file "
-                                         f"({share:.0f}%)"))
+        lines += _model_lines(m)
     if data["problems"]:
         lines.append("DEGRADED:")
         lines.extend(f"  - {p}" for p in data["problems"])
