@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tests import ggufmodel, numaguest
-from tests.test_numa_guest import SHAPE
+from tests.e2e.test_numa_guest import SHAPE
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1 << 20

@@ -65,6 +65,10 @@ if [[ ! -x "$VENV/bin/python" ]] || [[ "$(cat "$stamp" 2>/dev/null)" != "$want" 
     printf '%s' "$want" >"$stamp"
 fi
 
+# `--light` (scripts/test.sh --unit): the packages and the venv are all the
+# pure tier needs.
+[[ ${1:-} != --light ]] || exit 0
+
 # The Debian root file system that the tests boot a real systemd in.
 bash "$(dirname "$0")/rootfs.sh" >/dev/null
 

@@ -147,3 +147,14 @@ def demo_cache() -> Path:
                        text=True, check=False)
     assert r.returncode == 0, r.stderr
     return Path(r.stdout.strip())
+
+
+ROOT_TIERS = ("kernel", "systemd", "e2e")  # tests/unit needs no root
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tiers are directories: a test under tests/kernel, tests/systemd or
+    tests/e2e is marked `root` (`-m "not root"` selects the pure tier)."""
+    for item in items:
+        if Path(str(item.fspath)).parent.name in ROOT_TIERS:
+            item.add_marker(pytest.mark.root)

@@ -1,7 +1,7 @@
 """The agent's contracts that cross a file or a language, each defined here
 once. Those shared with the C library (its file name, the memfd names that
 /proc/PID/smaps shows, its log prefix, its environment) are defined in
-wrapper_c/src/wrapper.h too; tests/test_contracts.py fails when the two
+wrapper_c/src/wrapper.h too; tests/unit/test_contracts.py fails when the two
 disagree. The paths the agent keeps its state in are here as well, so that
 the modules that write them and those that only read them name one file."""
 

@@ -6,7 +6,6 @@ other module writes the shared literals itself (pure: reads files)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from hugepage_agent import consts
 from tests.conftest import REPO
@@ -89,5 +88,8 @@ def test_every_file_the_agent_writes_starts_with_the_one_header() -> None:
 
     for text in (persist.header("x"), unitfiles.header("for model m")):
         assert text.startswith(consts.GENERATED + " ")
-    assert Path(REPO / "packaging" / "debian" / "postrm").read_text().count(
-        consts.GENERATED.lstrip("# ")) >= 1
+    # the package's removal asks the agent what it wrote (purge-files) instead
+    # of recognising its files itself
+    postrm = (REPO / "packaging" / "debian" / "postrm").read_text()
+    assert "purge-files.list" in postrm and "sed" not in postrm
+    assert consts.GENERATED.lstrip("# ") not in postrm

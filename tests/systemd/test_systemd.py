@@ -700,7 +700,7 @@ def test_the_pool_covers_a_restart_into_a_larger_model(ct: Container) -> None:
 
 def test_a_server_the_library_cannot_load_into_is_refused_and_fails_its_start(
         ct: Container, tmp_path: Path) -> None:
-    from tests.test_preload import server_with_old_libc
+    from tests.kernel.test_preload import server_with_old_libc
 
     bad = server_with_old_libc(tmp_path)  # its libc (DT_RUNPATH $ORIGIN/lib) is glibc 2.31
     old_dir, fake_dir = ct.path("/usr/local/lib/oldsrv"), ct.path("/usr/local/lib/fake2")

@@ -13,7 +13,7 @@ from hugepage_agent.cli import main
 from hugepage_agent.errors import ConfigError
 from tests.faketree import make_tree, snapshot
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def guest(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
     shutil.copy(next(dist.glob("*.deb")), share / "hugepage-agent.deb")
     shutil.copy(server, share / "llama-server")
     shutil.copy(ggufmodel.cached(SHAPE), share / "model.gguf")
-    shutil.copy(Path(__file__).with_name("guest_numa_scenario.py"), share / "scenario.py")
+    shutil.copy(Path(__file__).parents[1] / "guest_numa_scenario.py", share / "scenario.py")
     (share / "run.sh").write_text("exec python3 /mnt/hpa/scenario.py\n")
     rc = numaguest.boot(image, share, timeout=1800)
     log = (share / "run.log").read_text() if (share / "run.log").exists() else ""

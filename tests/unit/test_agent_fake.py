@@ -15,7 +15,7 @@ from hugepage_agent.cli import main
 from hugepage_agent.host import Host
 from tests.faketree import make_tree, snapshot
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SYSCTL = "etc/sysctl.d/80-hugepage-agent.conf"
 
 

@@ -115,6 +115,7 @@ def check(rc: int, err: str) -> None:
         assert len(lines) == 1 and lines[0].startswith("hugepage-agent: error: "), err
 
 
+@pytest.mark.slow  # about a minute of generated configurations
 @settings(max_examples=EXAMPLES, deadline=5000, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(main_text=config_text(), dropins=st.lists(config_text(), max_size=3))

@@ -1,7 +1,7 @@
 """NUMA placement, the pure parts: model.numa in the configuration, the auto
 pool split per node, the pinned model's cpuset, numa_maps parsing, `exec
 --numa`. On fake /sys trees with one and two nodes; the real two-node kernel
-is tests/test_numa_guest.py."""
+is tests/e2e/test_numa_guest.py."""
 
 from __future__ import annotations
 
