@@ -153,6 +153,13 @@ def _save_state(host: Host, plan: Plan, result: reserve.ReserveResult,
     state_file.write_last_apply(host, state)
 
 
+def pod_request(pages: int, page_size: int) -> str:
+    """What a pod serving the model asks for: `hugepages-2Mi: 600Mi`."""
+    if page_size == amounts.GIB:
+        return f"hugepages-1Gi: {pages}Gi"
+    return f"hugepages-{page_size // amounts.MIB}Mi: {pages * page_size // amounts.MIB}Mi"
+
+
 def _plan_lines(report: ApplyReport) -> list[str]:
     """The target, its split per node and per model, the load modes."""
     p = report.plan
@@ -168,6 +175,8 @@ def _plan_lines(report: ApplyReport) -> list[str]:
             fp = report.footprints.get(name)
             detail = fp.breakdown() if fp else "the file size (not a GGUF model)"
             lines.append(f"  model {name}: {pages} pages: {detail}")
+            lines.append(f"    in a Kubernetes pod: {pod_request(pages, p.page_size)} "
+                         "(requests and limits)")
             split = dict(p.model_nodes).get(name)
             if split:
                 lines.append("    per node: " + ", ".join(f"node {n}: {k}" for n, k in split))

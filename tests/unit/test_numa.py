@@ -105,6 +105,8 @@ def test_dry_run_splits_the_auto_pool_per_node(tmp_path: Path,
     assert lines[0] == "per node: node 0: 262, node 1: 784", out
     assert lines[1:] == ["per node: node 0: 256, node 1: 256", "per node: node 1: 512"]
     assert "would set 2M pool on node 0: 0 -> 262 pages" in out, out
+    # what a pod serving one of them requests (issue 19's Kubernetes note)
+    assert out.count("in a Kubernetes pod: hugepages-2Mi: 1024Mi (requests and limits)") == 2
 
 
 def test_pinned_models_above_their_node_are_refused(tmp_path: Path,
