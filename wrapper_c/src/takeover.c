@@ -220,79 +220,159 @@ static int munmap_arg(void *addr, size_t len, int unused)
     return hpw_real_munmap(addr, len);
 }
 
+/* Step 1: whether the mapping can be served from a copy, and its plan; 0
+ * when it cannot (the caller maps the file itself, silently). */
+static int plan_copy(size_t length, int flags, int fd, off_t offset, struct stat *st,
+                     int *fl, int *noexec, struct plan *pl)
+{
+    if (!copyable(fd, flags, st, fl, noexec) || st->st_size <= offset)
+        return 0;
+    *pl = (struct plan){.visible = (length + HPW_SMALL_PAGE - 1) & ~(HPW_SMALL_PAGE - 1)};
+    pl->bytes = (size_t)(st->st_size - offset) < pl->visible ? (size_t)(st->st_size - offset)
+                                                             : pl->visible;
+    pl->data_len = (pl->bytes + HPW_SMALL_PAGE - 1) & ~(HPW_SMALL_PAGE - 1);
+    if (pl->data_len < hpw_cfg.min_size)
+        return 0; /* the file holds less than that: not worth a copy */
+    plan_pages(pl);
+    return 1;
+}
+
+/* The memfd name smaps shows for a copy of `path`: the prefix and as much of
+ * the path's end as fits. */
+static void memfd_name(const char *path, char name[MEMFD_NAME_MAX + 1])
+{
+    size_t plen = strlen(path), room = MEMFD_NAME_MAX - sizeof MEMFD_PREFIX + 1;
+    const char *tail = plen > room ? path + plen - room : path;
+    memcpy(name, MEMFD_PREFIX, sizeof MEMFD_PREFIX - 1);
+    memcpy(name + sizeof MEMFD_PREFIX - 1, tail, strlen(tail) + 1);
+}
+
+/* Step 2: address space for the copy and the part past the end of file,
+ * aligned, with the huge page segments mapped (charged to the pool now).
+ * NULL when the pool is short, or with *span 0, the address space. */
+static char *map_copy(const struct plan *pl, const char *name, size_t *span)
+{
+    size_t huge_len = pl->big + pl->small;
+    *span = huge_len > pl->visible ? huge_len : pl->visible;
+    char *res = hpw_real_mmap(NULL, *span + pl->align, PROT_NONE,
+                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (res == MAP_FAILED) {
+        *span = 0;
+        return NULL;
+    }
+    char *base = (char *)(((uintptr_t)res + pl->align - 1) & ~(uintptr_t)(pl->align - 1));
+    if (base > res)
+        hpw_real_munmap(res, (size_t)(base - res));
+    if (res + *span + pl->align > base + *span)
+        hpw_real_munmap(base + *span, (size_t)(res + *span + pl->align - (base + *span)));
+    if ((pl->big && map_segment(base, pl->big, HPW_1G, name) != 0) ||
+        (pl->small && map_segment(base + pl->big, pl->small, HPW_2M, name) != 0)) {
+        int err = errno;
+        hpw_real_munmap(base, *span);
+        errno = err;
+        return NULL;
+    }
+    return base;
+}
+
+/* Step 3: the file's bytes into the copy, placed on its NUMA node(s) first;
+ * 0 when done (*what and errno say what failed otherwise). */
+static int fill_copy(const struct plan *pl, char *base, int fd, int direct, off_t offset,
+                     unsigned *threads, const char **what)
+{
+    size_t huge_len = pl->big + pl->small;
+    hpw_numa_place(base, huge_len); /* before the copy touches a page */
+    /* The pages past the data too: the whole copy is then backed by huge pages
+     * from the start, as smaps shows. */
+    size_t past_data = (pl->bytes + HPW_2M - 1) / HPW_2M * HPW_2M;
+    /* Under a cgroup's fault limit or a NUMA policy, each page is faulted in
+     * before it is written, so that a page the limit or the node refuses is an
+     * error here, not a SIGBUS; elsewhere the pool's reservation (at mmap)
+     * guarantees them, and the faults of the copy itself are cheaper than a
+     * separate pass. */
+    int prefault = hpw_prefault_wanted(HPW_2M) || hpw_prefault_wanted(HPW_1G);
+    if (fill_from(fd, direct, prefault, offset, pl->bytes, base, threads, what) != 0)
+        return -1;
+    if (past_data < huge_len && prefault &&
+        hpw_populate(base + past_data, huge_len - past_data) != 0) {
+        *what = "faulting in huge pages";
+        return -1;
+    }
+    for (size_t pos = past_data; !prefault && pos < huge_len; pos += HPW_2M)
+        *(volatile char *)(base + pos) = 0; /* reserved at mmap: no limit can refuse it */
+    return 0;
+}
+
+/* Step 4: the copy's segments in the registry; 0, or -1 with none left there. */
+static int register_copy(const struct plan *pl, char *base, int prot, struct hpw_file *file)
+{
+    size_t vis_big = pl->data_len < pl->big ? pl->data_len : pl->big;
+    int regs = 0;
+    if (pl->big && hpw_registry_add(HPW_REGION_FILE, base, pl->big, HPW_1G, vis_big, prot,
+                                    file) == 0)
+        regs |= 1;
+    file->offset += (off_t)pl->big;
+    if (pl->small && hpw_registry_add(HPW_REGION_FILE, base + pl->big, pl->small, HPW_2M,
+                                      pl->data_len - vis_big, prot, file) == 0)
+        regs |= 2;
+    if (regs == ((pl->big ? 1 : 0) | (pl->small ? 2 : 0)))
+        return 0;
+    if (regs & 1)
+        hpw_registry_remove(HPW_REGION_FILE, base);
+    if (regs & 2)
+        hpw_registry_remove(HPW_REGION_FILE, base + pl->big);
+    return -1;
+}
+
+/* Step 5: past the end of the data nothing the program mapped stays in huge
+ * pages (the last one goes to 4 KiB pages), and the part past the end of file
+ * is the file itself, which faults SIGBUS there as the kernel does. */
+static void trim_tail(const struct plan *pl, char *base, int prot, int flags, int fd,
+                      off_t offset)
+{
+    size_t huge_len = pl->big + pl->small;
+    size_t last = pl->small ? HPW_2M : HPW_1G;
+    if (huge_len > pl->data_len && (last == HPW_2M || pl->visible > pl->data_len)) {
+        int handled;
+        hpw_registry_apply(HPW_OP_UNMAP, base + pl->data_len, huge_len - pl->data_len, 0,
+                           munmap_arg, &handled);
+    }
+    if (pl->visible > pl->data_len)
+        hpw_real_mmap(base + pl->data_len, pl->visible - pl->data_len, prot, flags | MAP_FIXED,
+                      fd, offset + (off_t)pl->data_len);
+}
+
 void *hpw_try_takeover(size_t length, int prot, int flags, int fd, off_t offset,
                        int *taken)
 {
     *taken = 0;
     struct stat st;
+    struct plan pl;
     int fl = 0, noexec = 0;
-    if (!copyable(fd, flags, &st, &fl, &noexec) || st.st_size <= offset)
+    if (!plan_copy(length, flags, fd, offset, &st, &fl, &noexec, &pl))
         return NULL;
-    struct plan pl = {.visible = (length + HPW_SMALL_PAGE - 1) & ~(HPW_SMALL_PAGE - 1)};
-    pl.bytes = (size_t)(st.st_size - offset) < pl.visible ? (size_t)(st.st_size - offset)
-                                                          : pl.visible;
-    pl.data_len = (pl.bytes + HPW_SMALL_PAGE - 1) & ~(HPW_SMALL_PAGE - 1);
-    if (pl.data_len < hpw_cfg.min_size)
-        return NULL; /* the file holds less than that: not worth a copy */
-    plan_pages(&pl);
-
-    char path[4096], why[640];
+    char path[4096], why[640], name[MEMFD_NAME_MAX + 1];
     fd_path(fd, path, sizeof path);
     const char *reason = NULL;
     if (!pool_has(&pl, why, sizeof why, &reason)) {
         hpw_log_fallback(HPW_FALLBACK_FILE, path, reason, "%s", why);
         return give_up(path, taken);
     }
-    char name[MEMFD_NAME_MAX + 1];
-    size_t plen = strlen(path), room = MEMFD_NAME_MAX - sizeof MEMFD_PREFIX + 1;
-    const char *tail = plen > room ? path + plen - room : path;
-    memcpy(name, MEMFD_PREFIX, sizeof MEMFD_PREFIX - 1);
-    memcpy(name + sizeof MEMFD_PREFIX - 1, tail, strlen(tail) + 1);
-
-    /* Address space for the copy and the part past the end of file, aligned. */
-    size_t huge_len = pl.big + pl.small;
-    size_t span = huge_len > pl.visible ? huge_len : pl.visible;
-    char *res = hpw_real_mmap(NULL, span + pl.align, PROT_NONE,
-                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (res == MAP_FAILED)
-        return give_up(path, taken);
-    char *base = (char *)(((uintptr_t)res + pl.align - 1) & ~(uintptr_t)(pl.align - 1));
-    if (base > res)
-        hpw_real_munmap(res, (size_t)(base - res));
-    if (res + span + pl.align > base + span)
-        hpw_real_munmap(base + span, (size_t)(res + span + pl.align - (base + span)));
-    if ((pl.big && map_segment(base, pl.big, HPW_1G, name) != 0) ||
-        (pl.small && map_segment(base + pl.big, pl.small, HPW_2M, name) != 0)) {
+    memfd_name(path, name);
+    size_t span;
+    char *base = map_copy(&pl, name, &span);
+    if (base == NULL && span == 0)
+        return give_up(path, taken); /* no address space: the file mapping will say so */
+    if (base == NULL) {
         /* The pool is charged at mmap time: a race with another process lands here. */
         hpw_log_fallback(HPW_FALLBACK_FILE, path, HPW_REASON_POOL, "huge page pool short (%s)",
                          strerror(errno));
-        hpw_real_munmap(base, span);
         return give_up(path, taken);
     }
-
-    hpw_numa_place(base, huge_len); /* before the copy touches a page */
     double t0 = now();
     const char *what = NULL;
     unsigned threads = hpw_cfg.threads;
-    int direct = (fl & O_DIRECT) != 0;
-    /* The pages past the data too: the whole copy is then backed by huge pages
-     * from the start, as smaps shows. */
-    size_t past_data = (pl.bytes + HPW_2M - 1) / HPW_2M * HPW_2M;
-    /* Under a cgroup's fault limit or a NUMA policy, each page is faulted in
-     * before it is written, so that a page the limit or the node refuses is an
-     * error here, not a SIGBUS; elsewhere the pool's reservation (at mmap)
-     * guarantees them, and the faults of the copy itself are cheaper than a
-     * separate pass. */
-    int limited = hpw_prefault_wanted(HPW_2M) || hpw_prefault_wanted(HPW_1G);
-    int filled = fill_from(fd, direct, limited, offset, pl.bytes, base, &threads, &what) == 0;
-    if (filled && past_data < huge_len && limited &&
-        hpw_populate(base + past_data, huge_len - past_data) != 0) {
-        filled = 0;
-        what = "faulting in huge pages";
-    }
-    for (size_t pos = past_data; filled && !limited && pos < huge_len; pos += HPW_2M)
-        *(volatile char *)(base + pos) = 0; /* reserved at mmap: no limit can refuse it */
-    if (!filled) {
+    if (fill_copy(&pl, base, fd, (fl & O_DIRECT) != 0, offset, &threads, &what) != 0) {
         int err = errno;
         if (!pool_has(&pl, why, sizeof why, &reason)) /* a limit crossed since the check */
             hpw_log_fallback(HPW_FALLBACK_FILE, path, reason, "%s", why);
@@ -304,44 +384,19 @@ void *hpw_try_takeover(size_t length, int prot, int flags, int fd, off_t offset,
         return give_up(path, taken);
     }
     double secs = now() - t0;
-    hpw_real_mprotect(base, huge_len, prot);
-
+    hpw_real_mprotect(base, pl.big + pl.small, prot);
     struct hpw_file file = {
         .path = path, .dev = st.st_dev, .ino = st.st_ino, .offset = offset,
         .flags = flags & (MAP_TYPE | ALLOWED_FLAGS), .maywrite = (flags & MAP_TYPE) == MAP_PRIVATE,
         .noexec = noexec,
     };
-    size_t vis_big = pl.data_len < pl.big ? pl.data_len : pl.big;
-    int regs = 0;
-    if (pl.big && hpw_registry_add(HPW_REGION_FILE, base, pl.big, HPW_1G, vis_big, prot,
-                                   &file) == 0)
-        regs |= 1;
-    file.offset += (off_t)pl.big;
-    if (pl.small && hpw_registry_add(HPW_REGION_FILE, base + pl.big, pl.small, HPW_2M,
-                                     pl.data_len - vis_big, prot, &file) == 0)
-        regs |= 2;
-    if (regs != ((pl.big ? 1 : 0) | (pl.small ? 2 : 0))) {
+    if (register_copy(&pl, base, prot, &file) != 0) {
         hpw_log_fallback(HPW_FALLBACK_FILE, path, HPW_REASON_TABLE,
                          "too many mappings served from huge pages at once");
-        if (regs & 1)
-            hpw_registry_remove(HPW_REGION_FILE, base);
-        if (regs & 2)
-            hpw_registry_remove(HPW_REGION_FILE, base + pl.big);
         hpw_real_munmap(base, span);
         return give_up(path, taken);
     }
-    /* Past the end of the data: nothing the program mapped stays in huge
-     * pages (the last one goes to 4 KiB pages), and the part past the end of
-     * file is the file itself, which faults SIGBUS there as the kernel does. */
-    size_t last = pl.small ? HPW_2M : HPW_1G;
-    if (huge_len > pl.data_len && (last == HPW_2M || pl.visible > pl.data_len)) {
-        int handled;
-        hpw_registry_apply(HPW_OP_UNMAP, base + pl.data_len, huge_len - pl.data_len, 0,
-                           munmap_arg, &handled);
-    }
-    if (pl.visible > pl.data_len)
-        hpw_real_mmap(base + pl.data_len, pl.visible - pl.data_len, prot, flags | MAP_FIXED,
-                      fd, offset + (off_t)pl.data_len);
+    trim_tail(&pl, base, prot, flags, fd, offset);
     double gib = (double)pl.bytes / (double)HPW_1G;
     hpw_log(HPW_LOG_INFO, "%s: loaded %.2f GiB into %zu x 1 GiB and %zu x 2 MiB huge pages "
             "in %.2f s (%.1f GiB/s, %u threads)", path, gib, pl.big / HPW_1G,
