@@ -5,6 +5,7 @@ is tests/e2e/test_numa_guest.py."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,53 @@ def test_split_and_lists() -> None:
     assert numanodes.split_pages(7, (0, 1)) == {0: 4, 1: 3}
     assert numanodes.split_pages(5, (1,)) == {1: 5}
     assert numanodes.compact_list([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+
+
+def test_status_per_node_and_the_misplaced_verdict(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A model pinned to node 1 whose huge pages sit three quarters on node 0
+    (started before its placement changed, say): status says so per node,
+    calls it misplaced (DEGRADED), and the metrics carry the node label."""
+    from hugepage_agent import gguf
+    from tests import ggufmodel
+    from tests.unit.test_agent_fake import WRAPPER_VMA, _vma
+
+    model = ggufmodel.write(tmp_path / "q4.gguf", ggufmodel.Shape(
+        layers=2, embd=256, ff=704, qtype="Q4_0"))
+    assert gguf.read_path(str(model)).weight_bytes > 0
+    root = tmp_path / "root"
+    make_tree(root, nodes=(0, 1))
+    proc = root / "proc/4242"
+    proc.mkdir(parents=True)
+    heap = "/memfd:hugepage-wrapper-heap (deleted)"
+    (proc / "maps").write_text("7f2000000000-7f2000010000 r-xp 00000000 fd:00 7    "
+                               "/usr/lib/hugepage-agent/libhugepage-wrapper.so\n")
+    (proc / "cmdline").write_text(f"llama-server\0--model\0{model}\0")
+    (proc / "smaps").write_text(_vma(0x7f1000000000, 16384, heap, Private_Hugetlb=16384)
+                                + WRAPPER_VMA)
+    (proc / "numa_maps").write_text(
+        "7f1000000000 bind:1 file=/memfd:hugepage-wrapper-heap\\040(deleted) huge anon=8 "
+        "dirty=8 N0=6 N1=2 kernelpagesize_kB=2048\n"
+        "7f2000000000 default file=/usr/lib/hugepage-agent/libhugepage-wrapper.so mapped=4 "
+        "N0=4 kernelpagesize_kB=4\n")
+    server = tmp_path / "llama-server"
+    server.write_bytes(b"\0--load-mode\0")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[server]\nbinary = "{server}"\n[thp]\nenabled = "keep"\ndefrag = "keep"\n'
+                   f'[[model]]\nname = "q4"\npath = "{model}"\nnuma = 1\n')
+    rc = main(["status", "--json", "--root", str(root), "--config", str(cfg)])
+    data = json.loads(capsys.readouterr().out)
+    m = data["models"][0]
+    assert m["numa"]["node_bytes"] == {"0": 12 * MIB, "1": 4 * MIB}
+    assert m["numa"]["placement"] == [1] and m["numa"]["policies"] == ["bind:1"]
+    assert m["numa"]["off_node_ratio"] == 0.75
+    assert "misplaced: 75 % of its huge pages off node(s) 1" in m["verdict"], m["verdict"]
+    assert rc == 1 and any("misplaced" in p for p in data["problems"])
+    main(["status", "--root", str(root), "--config", str(cfg)])
+    text = capsys.readouterr().out
+    assert "NUMA: node 0 12.00 MiB, node 1 4.00 MiB (placement nodes 1; policy bind:1)" in text
+    main(["status", "--prometheus", "--root", str(root), "--config", str(cfg)])
+    prom = capsys.readouterr().out
+    assert 'hugepage_agent_model_numa_hugetlb_bytes{node="0",model="q4"' in prom
+    assert 'hugepage_agent_model_off_node_ratio{model="q4",unit="llama-server@q4.service"} 0.75' \
+        in prom
