@@ -20,7 +20,13 @@ plain llama.cpp, the page cache the model file holds after the start, and
 the server's memory in huge pages and in 4 KiB pages. Needs root; restores
 nr_hugepages and the persisted pool file.
 
+In warm and cold, "agent, prefault everything" is the agent's default with
+HUGEPAGE_WRAPPER_PREFAULT=1: every mapping faulted in at once, as under a NUMA
+placement on a host with several nodes (on one node the wrapper prefaults
+nothing unless a cgroup limit asks).
+
   sudo ~/.cache/hugepage-agent/venv/bin/python -m bench.ready_time [--runs 3]
+       [--types Q4_0,F16] [--cases first,warm,cold,kept]
 """
 
 from __future__ import annotations
@@ -45,11 +51,11 @@ SYSCTL = Path("/etc/sysctl.d/80-hugepage-agent.conf")
 GIB = 1 << 30
 CTX = 4096
 ARGS = ["--ctx-size", str(CTX)]
-PLAIN, FLOOR, AGENT, NO_TOUCH, KEEP = ("plain llama.cpp (mmap)", "plain, buffered (none)",
-                                       "agent default", "agent, no pre-touch",
-                                       "agent, page_cache keep")
-CASES = {"first": [PLAIN, AGENT, NO_TOUCH], "warm": [PLAIN, FLOOR, AGENT],
-         "cold": [PLAIN, FLOOR, AGENT], "kept": [PLAIN, FLOOR, KEEP]}
+PLAIN, FLOOR, AGENT, NO_TOUCH, KEEP, PREFAULT = (
+    "plain llama.cpp (mmap)", "plain, buffered (none)", "agent default", "agent, no pre-touch",
+    "agent, page_cache keep", "agent, prefault everything")
+CASES = {"first": [PLAIN, AGENT, NO_TOUCH], "warm": [PLAIN, FLOOR, AGENT, PREFAULT],
+         "cold": [PLAIN, FLOOR, AGENT, PREFAULT], "kept": [PLAIN, FLOOR, KEEP]}
 SETTLE = 6.0  # after the pool is given back: the guest reports the freed memory to the host
 
 
@@ -90,6 +96,8 @@ def start(llama: Path, model: Path, who: str, cfgs: dict[str, Path], log: Path) 
         args = [*ARGS, *(["--load-mode", "none"] if who == FLOOR else [])]
     else:
         wrap = agent_cmd("exec", "--config", str(cfgs[who]), "--")
+        if who == PREFAULT:  # what a NUMA placement costs on one node: every page at once
+            wrap = ["env", "HUGEPAGE_WRAPPER_PREFAULT=1", *wrap]
         args = ARGS
     with Server(llama, model, log, wrap=wrap, args=args) as srv:
         secs = srv.wait_ready()
@@ -100,18 +108,22 @@ def start(llama: Path, model: Path, who: str, cfgs: dict[str, Path], log: Path) 
                 + status_kb(srv.pid, "RssFile") / (1 << 20)}
 
 
-def one_model(qtype: str, runs: int, llama: Path, tmp: Path) -> None:
+def one_model(qtype: str, runs: int, llama: Path, tmp: Path,
+              cases: tuple[str, ...] = tuple(CASES)) -> None:
     model = ggufmodel.cached(ggufmodel.Shape.for_size(int(2.2 * GIB), qtype=qtype))
     cfgs = {AGENT: write_config(tmp, "agent", llama, model, ""),
             NO_TOUCH: write_config(tmp, "notouch", llama, model,
                                    '[reserve]\npretouch = "never"\n'),
             KEEP: write_config(tmp, "keep", llama, model, 'page_cache = "keep"\n')}
+    cfgs[PREFAULT] = cfgs[AGENT]
     results: dict[str, dict[str, list[dict[str, float]]]] = {
         c: {w: [] for w in whos} for c, whos in CASES.items()}
     applies: dict[str, list[float]] = {AGENT: [], NO_TOUCH: [], PLAIN: []}
     agent("apply", "--config", str(cfgs[AGENT]))
     for run in range(runs):
         for case, whos in CASES.items():
+            if case not in cases:
+                continue
             order = whos[run % len(whos):] + whos[:run % len(whos)]
             for who in order:
                 if case == "first":
@@ -138,6 +150,8 @@ def one_model(qtype: str, runs: int, llama: Path, tmp: Path) -> None:
           "(GiB) | of the file | huge pages (GiB) | 4 KiB RSS (GiB) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for case, whos in CASES.items():
+        if case not in cases:
+            continue
         base = statistics.median(r["ready"] for r in results[case][PLAIN])
         floor = (statistics.median(r["ready"] for r in results[case][FLOOR])
                  if FLOOR in results[case] else None)
@@ -159,6 +173,7 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--types", default="Q4_0,F16")
+    ap.add_argument("--cases", default=",".join(CASES), help="of " + ", ".join(CASES))
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
@@ -173,7 +188,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp())
     try:
         for qtype in args.types.split(","):
-            one_model(qtype, args.runs, llama, tmp)
+            one_model(qtype, args.runs, llama, tmp, tuple(args.cases.split(",")))
     finally:
         NR.write_text(saved)
         if saved_sysctl is None:
