@@ -148,6 +148,9 @@ def _save_state(host: Host, plan: Plan, result: reserve.ReserveResult,
                      for m in result.measures],
         "missing_bytes": result.missing_bytes,
         "room_bytes": result.room_bytes,
+        # per pool: per node on a host with several (each node's pool is its own)
+        "per_pool": [{"pool": r.label, "target": r.target, "achieved": r.achieved}
+                     for r in result.per_pool],
         "pretouch": touched.to_json() if touched is not None else None,
     }
     state_file.write_last_apply(host, state)

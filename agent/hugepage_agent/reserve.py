@@ -149,16 +149,27 @@ class ReserveResult:
     def met(self) -> bool:
         return self.achieved >= self.target
 
+    def short_pools(self) -> list[PoolResult]:
+        """The pools (per node, on a host with several) that stayed short."""
+        return [p for p in self.per_pool if p.achieved < p.target]
+
     def explain(self) -> str:
-        """Why the loop ended, in one sentence for the report and the journal."""
+        """Why the loop ended, in one sentence for the report and the journal;
+        with several pools (nodes), which stayed short."""
         if self.met:
             return "the target is met"
         if self.stop == STOP_NO_MEMORY:
-            return (f"memory is full: {_gib(self.room_bytes)} free and reclaimable is less than "
-                    f"the {_gib(self.missing_bytes)} still missing, so more rounds cannot help")
-        return (f"the {self.seconds:.1f} s budget (reserve.timeout) ran out with "
-                f"{_gib(self.room_bytes)} free and reclaimable against {_gib(self.missing_bytes)} "
-                "missing: memory is fragmented or pinned")
+            why = (f"memory is full: {_gib(self.room_bytes)} free and reclaimable is less than "
+                   f"the {_gib(self.missing_bytes)} still missing, so more rounds cannot help")
+        else:
+            why = (f"the {self.seconds:.1f} s budget (reserve.timeout) ran out with "
+                   f"{_gib(self.room_bytes)} free and reclaimable against "
+                   f"{_gib(self.missing_bytes)} missing: memory is fragmented or pinned")
+        short = self.short_pools()
+        if len(self.per_pool) > 1 and short:
+            why += "; short: " + ", ".join(f"{p.label} ({p.achieved} of {p.target})"
+                                           for p in short)
+        return why
 
     def measures_text(self) -> str:
         parts = [f"first write +{self.first_write}"]

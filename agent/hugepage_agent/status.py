@@ -101,7 +101,10 @@ def _numa_entry(host: Host, m: ModelConfig, pids: list[int],
         "policies": sorted(use.policies),
         "node_bytes": {str(n): b for n, b in sorted(use.node_bytes.items())},
         "off_node_bytes": off,
-        "off_node_ratio": round(off / use.total, 4) if use.total and nodes else None,
+        # one node: nothing can be off it (0, so that the metric and its alert
+        # exist on every host); several, with no placement named: unknown
+        "off_node_ratio": (round(off / use.total, 4) if use.total and nodes
+                           else None if topo.multi else 0.0),
     }
 
 

@@ -198,3 +198,18 @@ def test_status_per_node_and_the_misplaced_verdict(tmp_path: Path,
     assert 'hugepage_agent_model_numa_hugetlb_bytes{node="0",model="q4"' in prom
     assert 'hugepage_agent_model_off_node_ratio{model="q4",unit="llama-server@q4.service"} 0.75' \
         in prom
+
+
+def test_last_apply_records_each_nodes_pool(tmp_path: Path, models: tuple[Path, Path]) -> None:
+    root = tmp_path / "root"
+    make_tree(root, nodes=(0, 1))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(two_models(*models, "1", extra='[reserve]\npretouch = "never"\n'))
+    assert main(["apply", "--root", str(root), "--config", str(cfg)]) == 0
+    state = json.loads((root / "run/hugepage-agent/last-apply.json").read_text())
+    assert state["per_pool"] == [
+        {"pool": "2M pool on node 0", "target": 262, "achieved": 262},
+        {"pool": "2M pool on node 1", "target": 784, "achieved": 784}]
+    tmpfiles = (root / "etc/tmpfiles.d/80-hugepage-agent.conf").read_text()
+    assert "node0/hugepages/hugepages-2048kB/nr_hugepages - - - - 262" in tmpfiles
+    assert "node1/hugepages/hugepages-2048kB/nr_hugepages - - - - 784" in tmpfiles

@@ -201,3 +201,15 @@ def test_several_pools_round_together() -> None:
                         clock=clock, sleep=clock.sleep)
     assert a.have == 1000 and b.have == 500 and not r.met
     assert r.per_pool == (("node 0", 1000, 1000), ("node 1", 1000, 500))
+
+
+def test_a_node_that_stays_short_is_named() -> None:
+    """Per-node pools: the report names the node whose pool stayed short."""
+    n0 = SimPool(label="2M pool on node 0", per_write=10_000)
+    n1 = SimPool(label="2M pool on node 1", ceiling=40, per_write=10, per_compact=0)
+    clock = Clock()
+    r = reserve.reserve([reserve.Target(n0, 100), reserve.Target(n1, 100)], 5.0,
+                        clock=clock, sleep=clock.sleep)
+    assert not r.met and [p.label for p in r.short_pools()] == ["2M pool on node 1"]
+    assert r.explain().endswith("; short: 2M pool on node 1 (40 of 100)"), r.explain()
+    assert "node 0" not in r.explain()
