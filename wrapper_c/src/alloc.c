@@ -231,7 +231,7 @@ void *hpw_alloc(size_t size)
      * policy or a cgroup's fault limit, faulted in now: a page the node or the
      * limit refuses is a fallback here, not a SIGBUS at the program's first touch. */
     hpw_numa_place(p, len);
-    if ((room >= 0 || hpw_cfg.prefault || hpw_numa_active()) && hpw_populate(p, len) != 0) {
+    if (hpw_prefault_wanted(room >= 0) && hpw_populate(p, len) != 0) {
         hpw_real_munmap(p, len);
         if (over_cgroup_limit(size, pages, page, &room)) /* crossed since the check */
             return NULL;

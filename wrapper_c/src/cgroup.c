@@ -188,7 +188,7 @@ int hpw_populate(char *p, size_t len)
     return -1;
 }
 
-int hpw_prefault_wanted(size_t page)
+int hpw_prefault_wanted(int limit_binds)
 {
-    return hpw_cfg.prefault || hpw_numa_active() || hpw_cgroup_room(page, NULL, 0) >= 0;
+    return limit_binds || hpw_cfg.prefault || hpw_numa_active();
 }

@@ -117,24 +117,16 @@ static void cpu_nodes(const unsigned long *online, unsigned long *out)
     for (unsigned node = 0; node < HPW_MAX_NODES; node++) {
         if (!mask_has(online, node))
             continue;
-        char path[96], buf[4096];
+        char path[96];
+        unsigned long cpus[MASK_WORDS]; /* the same list syntax; CPU_SETSIZE bits, as here */
         snprintf(path, sizeof path, "/sys/devices/system/node/node%u/cpulist", node);
-        if (hpw_read_text(path, buf, sizeof buf) <= 0)
+        if (read_mask(path, cpus) != 0)
             continue;
-        for (const char *p = buf; *p && *p != '\n';) { /* a CPU list, parsed as one of nodes */
-            char *end;
-            unsigned long a = strtoul(p, &end, 10), b = a;
-            if (end == p)
+        for (unsigned c = 0; c < CPU_SETSIZE && c < HPW_MAX_NODES; c++)
+            if (mask_has(cpus, c) && CPU_ISSET((int)c, &set)) {
+                mask_set(out, node);
                 break;
-            if (*end == '-')
-                b = strtoul(end + 1, &end, 10);
-            for (unsigned long c = a; c <= b && c < CPU_SETSIZE; c++)
-                if (CPU_ISSET((int)c, &set))
-                    mask_set(out, node);
-            p = *end == ',' ? end + 1 : end;
-            if (*end != ',')
-                break;
-        }
+            }
     }
 }
 
@@ -223,16 +215,6 @@ int hpw_numa_place(char *p, size_t len)
     return 0;
 }
 
-static long node_counter(unsigned node, size_t page, const char *name)
-{
-    char path[128], buf[32];
-    snprintf(path, sizeof path, "/sys/devices/system/node/node%u/hugepages/hugepages-%zukB/%s",
-             node, page >> 10, name);
-    if (hpw_read_text(path, buf, sizeof buf) <= 0)
-        return -1;
-    return strtol(buf, NULL, 10);
-}
-
 long hpw_numa_free(size_t page)
 {
     if (!hpw_numa_active() || policy_mode != MPOL_BIND)
@@ -240,7 +222,7 @@ long hpw_numa_free(size_t page)
     long sum = 0;
     for (unsigned node = 0; node < HPW_MAX_NODES; node++)
         if (mask_has(policy_mask, node)) {
-            long f = node_counter(node, page, "free_hugepages");
+            long f = hpw_pool_counter((int)node, page, "free_hugepages");
             sum += f > 0 ? f : 0;
         }
     return sum;
@@ -251,7 +233,7 @@ void hpw_numa_short(size_t page, size_t pages, char *out, size_t size)
     int w = 0;
     for (unsigned node = 0; node < HPW_MAX_NODES && w >= 0 && (size_t)w < size; node++)
         if (mask_has(policy_mask, node)) {
-            long f = node_counter(node, page, "free_hugepages");
+            long f = hpw_pool_counter((int)node, page, "free_hugepages");
             w += snprintf(out + w, size - (size_t)w, "%snode %u: %ld of %zu %s pages free",
                           w ? ", " : "", node, f < 0 ? 0 : f, pages,
                           page == HPW_1G ? "1 GiB" : "2 MiB");

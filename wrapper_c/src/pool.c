@@ -21,14 +21,24 @@ ssize_t hpw_read_text(const char *path, char *buf, size_t size)
     return n;
 }
 
-static long read_counter(size_t page_size, const char *name)
+long hpw_pool_counter(int node, size_t page_size, const char *name)
 {
     char path[128], buf[32];
-    snprintf(path, sizeof path, "/sys/kernel/mm/hugepages/hugepages-%zukB/%s",
-             page_size >> 10, name);
+    if (node < 0)
+        snprintf(path, sizeof path, "/sys/kernel/mm/hugepages/hugepages-%zukB/%s",
+                 page_size >> 10, name);
+    else
+        snprintf(path, sizeof path,
+                 "/sys/devices/system/node/node%d/hugepages/hugepages-%zukB/%s", node,
+                 page_size >> 10, name);
     if (hpw_read_text(path, buf, sizeof buf) <= 0)
         return -1;
     return strtol(buf, NULL, 10);
+}
+
+static long read_counter(size_t page_size, const char *name)
+{
+    return hpw_pool_counter(-1, page_size, name);
 }
 
 long hpw_pool_available(size_t page_size)

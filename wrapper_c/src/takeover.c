@@ -290,7 +290,8 @@ static int fill_copy(const struct plan *pl, char *base, int fd, int direct, off_
      * error here, not a SIGBUS; elsewhere the pool's reservation (at mmap)
      * guarantees them, and the faults of the copy itself are cheaper than a
      * separate pass. */
-    int prefault = hpw_prefault_wanted(HPW_2M) || hpw_prefault_wanted(HPW_1G);
+    int prefault = hpw_prefault_wanted(hpw_cgroup_room(HPW_2M, NULL, 0) >= 0 ||
+                                       hpw_cgroup_room(HPW_1G, NULL, 0) >= 0);
     if (fill_from(fd, direct, prefault, offset, pl->bytes, base, threads, what) != 0)
         return -1;
     if (past_data < huge_len && prefault &&

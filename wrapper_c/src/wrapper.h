@@ -123,6 +123,9 @@ void hpw_alloc_report(void);
 /* pool.c: what the kernel's huge page pool can still give, in pages; a small
  * file's text (/proc, /sys), NUL-terminated: its length, or -1. */
 long hpw_pool_available(size_t page_size);
+/* One counter of a pool (free_hugepages, ...): the whole machine's (node -1)
+ * or one NUMA node's; -1 when it cannot be read. */
+long hpw_pool_counter(int node, size_t page_size, const char *name);
 ssize_t hpw_read_text(const char *path, char *buf, size_t size);
 
 /* cgroup.c: how many more huge pages of a size this process's cgroups let it
@@ -148,8 +151,9 @@ long hpw_numa_free(size_t page);
 void hpw_numa_short(size_t page, size_t pages, char *out, size_t size);
 int hpw_parse_node_list(const char *s, unsigned long *mask);
 /* Whether a new mapping is faulted in at once: a NUMA policy, a cgroup's
- * hugetlb limit, or HUGEPAGE_WRAPPER_PREFAULT=1. */
-int hpw_prefault_wanted(size_t page);
+ * hugetlb limit that binds (the caller has read its room), or
+ * HUGEPAGE_WRAPPER_PREFAULT=1. */
+int hpw_prefault_wanted(int limit_binds);
 
 /* copy.c: fill memory with file contents, in parallel; drops the page cache read.
  * `prefault`: fault each chunk in first (hpw_populate), where a page may be refused. */
