@@ -10,10 +10,11 @@ mappings (memfds named hugepage-wrapper...).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 
-from hugepage_agent import consts
+from hugepage_agent import consts, pools
 from hugepage_agent.errors import HostError
 from hugepage_agent.host import Host
 
@@ -45,17 +46,9 @@ class NodeUse:
         for p in self.policies:
             mode, _, nodes = p.partition(":")
             if mode in ("bind", "interleave", "preferred", "prefer") and nodes:
-                out.update(_node_list(nodes))
+                with contextlib.suppress(ValueError):  # a list this parser cannot read
+                    out.update(pools.parse_node_list(nodes))
         return tuple(sorted(out))
-
-
-def _node_list(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        if lo.isdigit() and (not hi or hi.isdigit()):
-            out.extend(range(int(lo), int(hi or lo) + 1))
-    return out
 
 
 def parse(text: str) -> NodeUse:

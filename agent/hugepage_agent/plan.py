@@ -137,10 +137,12 @@ def make_plan(cfg: Config, mem_total: int, nodes_online: list[int],
                 mem_total=mem_total, per_model=per_model, model_nodes=model_nodes)
 
 
-def plan_with(host: Host, cfg: Config, fps: Mapping[str, footprint.Footprint]) -> Plan:
-    """The plan for these projections of the models (footprint), on this host."""
+def plan_with(host: Host, cfg: Config, fps: Mapping[str, footprint.Footprint],
+              topo: numanodes.Topology | None = None) -> Plan:
+    """The plan for these projections of the models (footprint), on this host
+    (`topo`: its NUMA nodes, when the caller has read them)."""
     needs = {name: fp.pool_bytes(cfg.pool.page_size) for name, fp in fps.items()}
-    topo = numanodes.read_topology(host)
+    topo = topo or numanodes.read_topology(host)
     node_mem = {}
     for n in topo.nodes if topo.multi else ():
         text = host.read_optional(f"{pools.NODE_DIR}/node{n}/meminfo")

@@ -337,13 +337,14 @@ def collect(host: Host, cfg: Config | None, cfg_error: str | None = None,
             systemd: Systemd | None = None) -> StatusDoc:
     problems: list[str] = []
     plan: Plan | None = None
+    topo = numanodes.read_topology(host)  # for the plan and for each model's placement
     if cfg_error is not None:
         problems.append(f"configuration: {cfg_error}")
     fps: dict[str, footprint.Footprint] = {}
     if cfg is not None:
         fps = footprint.project_models(host, cfg, fresh=False)
         try:
-            plan = plan_with(host, cfg, fps)
+            plan = plan_with(host, cfg, fps, topo)
         except AgentError as e:
             problems.append(f"configuration: {e}")
 
@@ -378,7 +379,6 @@ def collect(host: Host, cfg: Config | None, cfg_error: str | None = None,
         if c.overrides:
             problems.append(f"{c.file}:{c.line} overrides {persist.SYSCTL_KEY} with {c.value}")
 
-    topo = numanodes.read_topology(host)
     models = [_model_entry(host, cfg, m, (systemd, fps.get(m.name), topo), problems)
               for m in cfg.models] if cfg else []
     hints = [NO_MODELS_HINT] if cfg is not None and not cfg.models else []
