@@ -11,9 +11,7 @@ if [[ -s "$TARBALL" ]]; then
     echo "$TARBALL"
     exit 0
 fi
-mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -n1)
-mirror=${mirror:-$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null)}
-mirror=${mirror:-http://deb.debian.org/debian}
+mirror=$(bash "$(dirname "$0")/debian-mirror.sh")
 mkdir -p "$CACHE"
 work=$(mktemp -d "$CACHE/rootfs.XXXXXX")
 trap 'rm -rf "$work"' EXIT
