@@ -107,6 +107,23 @@ def test_rpm_scriptlets_run_clean(dist: Path, tmp_path: Path) -> None:
     assert "systemd-sysusers /usr/lib/sysusers.d/hugepage-agent.conf" in log.read_text()
 
 
+def serve_model(ct: Container) -> int:
+    """Configure model m (the fake server, on /srv/models/m.gguf), reload the
+    agent and wait for its unit's main process: its pid."""
+    ct.path("/etc/hugepage-agent/config.d").mkdir(exist_ok=True)
+    ct.path("/etc/hugepage-agent/config.d/50-model.toml").write_text(
+        '[wrapper]\nmin_size = "64M"\n[server]\nbinary = "/usr/local/bin/fakeserver"\n'
+        '[[model]]\nname = "m"\npath = "/srv/models/m.gguf"\nargs = ["--port", "8080"]\n')
+    ct.systemctl("reload", "hugepage-agent.service")
+    deadline = time.monotonic() + 30
+    pid = 0
+    while time.monotonic() < deadline and not pid:
+        pid = int(ct.prop("llama-server@m.service", "MainPID") or 0)
+        time.sleep(0.2)
+    assert pid, ct.journal("llama-server@m.service") + ct.journal("hugepage-agent.service")
+    return pid
+
+
 @pytest.fixture(scope="module")
 def clean_ct(dist: Path, wrapper_build: Path) -> Iterator[Container]:
     def setup(c: Container) -> None:
@@ -134,16 +151,7 @@ def test_install_use_and_purge_like_an_operator(clean_ct: Container) -> None:
     assert "2M" in s.stdout and "THP" in s.stdout, s.stdout + s.stderr
 
     # serve a model: configuration, reload, the unit runs with the wrapper
-    ct.path("/etc/hugepage-agent/config.d/50-model.toml").write_text(
-        '[wrapper]\nmin_size = "64M"\n[server]\nbinary = "/usr/local/bin/fakeserver"\n'
-        '[[model]]\nname = "m"\npath = "/srv/models/m.gguf"\nargs = ["--port", "8080"]\n')
-    ct.systemctl("reload", "hugepage-agent.service")
-    deadline = time.monotonic() + 30
-    pid = 0
-    while time.monotonic() < deadline and not pid:
-        pid = int(ct.prop("llama-server@m.service", "MainPID") or 0)
-        time.sleep(0.2)
-    assert pid, ct.journal("llama-server@m.service")
+    pid = serve_model(ct)
     env = ct.proc(pid, "environ").read_bytes().split(b"\0")
     assert b"LD_PRELOAD=/usr/lib/hugepage-agent/libhugepage-wrapper.so" in env
     data = json.loads(ct.run("hugepage-agent", "status", "--json", check=False).stdout)
@@ -271,17 +279,7 @@ def test_rpm_installs_runs_and_erases_in_a_booted_root(
     assert not missing, sorted(missing)
 
     ct.systemctl("start", "hugepage-agent.service")
-    ct.path("/etc/hugepage-agent/config.d").mkdir(exist_ok=True)
-    ct.path("/etc/hugepage-agent/config.d/50-model.toml").write_text(
-        '[wrapper]\nmin_size = "64M"\n[server]\nbinary = "/usr/local/bin/fakeserver"\n'
-        '[[model]]\nname = "m"\npath = "/srv/models/m.gguf"\nargs = ["--port", "8080"]\n')
-    ct.systemctl("reload", "hugepage-agent.service")
-    deadline = time.monotonic() + 30
-    pid = 0
-    while time.monotonic() < deadline and not pid:
-        pid = int(ct.prop("llama-server@m.service", "MainPID") or 0)
-        time.sleep(0.2)
-    assert pid, ct.journal("llama-server@m.service") + ct.journal("hugepage-agent.service")
+    serve_model(ct)
     assert ct.path("/etc/systemd/system/llama-server@m.service.d/50-hugepage-agent.conf").exists()
     assert ct.path("/etc/sysctl.d/80-hugepage-agent.conf").exists()
 
