@@ -28,7 +28,8 @@ mv "$DESTDIR/usr/bin/hugepage-agent.tmp" "$DESTDIR/usr/bin/hugepage-agent"
 # still name it (a replaced one shows as "(deleted)" there)
 install -C -D -m 0644 wrapper_c/build/libhugepage-wrapper.so \
     "$DESTDIR/usr/lib/hugepage-agent/libhugepage-wrapper.so"
-install -m 0644 systemd/hugepage-agent.service systemd/llama-server@.service "$UNITDIR/"
+install -m 0644 systemd/hugepage-agent.service systemd/llama-server@.service \
+    systemd/llama-container@.service "$UNITDIR/"
 install -m 0644 systemd/net.hugepageagent.Agent1.conf "$DESTDIR/usr/share/dbus-1/system.d/"
 install -D -m 0644 systemd/hugepage-agent.sysusers "$DESTDIR/usr/lib/sysusers.d/hugepage-agent.conf"
 # The servers' user; the packages create it in their scripts instead (SYSUSERS=0).

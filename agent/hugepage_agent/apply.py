@@ -77,10 +77,11 @@ def apply(host: Host, cfg: Config, dry_run: bool = False) -> ApplyReport:
     plan = plan_with(host, cfg, fps)
     modes: list[tuple[str, loadmode.LoadMode]] = []
     for m in cfg.models:
-        if m.unit is not None:
-            continue  # an operator's own unit runs its own command line
-        lm = footprint.load_mode(cfg.server.load_mode, cfg.server.binary, m.path, m.args,
-                                 cfg.wrapper.min_size)
+        if m.kind not in ("template", "image"):
+            continue  # an operator's own unit or container runs its own command line
+        lm = footprint.load_mode(cfg.server.load_mode,
+                                 loadmode.server_binary(cfg.server.binary, m.image), m.path,
+                                 m.args, cfg.wrapper.min_size)
         modes.append((m.name, lm))
         if lm.chosen_by == "operator" and not lm.heap:
             log.warning("model %s: its args choose load mode %s: %s", m.name, lm.mode, lm.note)

@@ -58,8 +58,20 @@ commands:
            what llama-server@NAME.service runs: exec llama-server with the
            model's path and arguments from the file the agent wrote
   prepare-model NAME
-           what llama-server@NAME.service runs first, as root: choose this
-           start's load mode from what the page cache holds of the model
+           what llama-server@NAME.service (and llama-container@NAME) runs
+           first, as root: choose this start's load mode from what the page
+           cache holds of the model; for an image, refuse one the wrapper
+           library would not load into (its glibc too old, or musl)
+  run-container NAME
+           what llama-container@NAME.service runs for a model with image:
+           podman (or docker) run of the image, the model file and the
+           wrapper library mounted read-only, the server unprivileged
+  remove-container NAME
+           what llama-container@NAME.service runs when it stops
+  compose NAME
+           print the docker-compose override (volumes, environment) that has
+           an existing Compose service, the model's container, served from
+           huge pages
 
 exit codes: 0 as configured, 1 degraded (pool short, a model not wholly in
 huge pages), 2 error or invalid input.
@@ -151,6 +163,27 @@ def _parser() -> argparse.ArgumentParser:
                                     "from the page cache what direct I/O will not use, and "
                                     "record the choice for run-model.")
     pm.add_argument("name", help="the model name (the unit's instance)")
+    rc = sub.add_parser("run-container", parents=[common],
+                        help="exec the container runtime for a model with image",
+                        description="Used by llama-container@.service: exec `podman run` (or "
+                                    "docker's) of the model's image, with the model file and "
+                                    "the wrapper library mounted read-only, LD_PRELOAD and the "
+                                    "wrapper's settings in its environment, the server as the "
+                                    "unprivileged user hugepage-llama, on the host's network.")
+    rc.add_argument("name", help="the model name (the unit's instance)")
+    xc = sub.add_parser("remove-container", parents=[common],
+                        help="remove a model's container after its unit stops",
+                        description="Used by llama-container@.service (ExecStopPost=): remove "
+                                    "the model's container, whatever ended it. Needs root.")
+    xc.add_argument("name", help="the model name (the unit's instance)")
+    co = sub.add_parser("compose", parents=[common],
+                        help="print the Compose override that serves a container from huge pages",
+                        description="For a model with container = \"SERVICE\" (an existing "
+                                    "Docker Compose service the operator runs): print a "
+                                    "docker-compose.override.yml with the wrapper library "
+                                    "mounted read-only and LD_PRELOAD and the wrapper's "
+                                    "settings in its environment. Changes nothing.")
+    co.add_argument("name", help="the model name (or its container's name)")
     return p
 
 
@@ -162,7 +195,7 @@ def _require_root(host: Host, what: str) -> None:
 
 def _cmd_apply(args: argparse.Namespace, host: Host) -> int:
     from hugepage_agent import apply as apply_mod
-    from hugepage_agent import modelfiles, serveruser
+    from hugepage_agent import containerstart, execwrap, modelfiles, serveruser
 
     cfg = config.load(host, args.config)
     if not args.dry_run:
@@ -175,7 +208,10 @@ def _cmd_apply(args: argparse.Namespace, host: Host) -> int:
               f"read the model: {why}; the agent will not start its unit")
     for warning in modelfiles.exposed_secrets(host, cfg):
         print(f"warning: {warning}")
-    return EXIT_OK if report.met else EXIT_DEGRADED
+    refused = containerstart.refused_images(cfg, execwrap.find_library(cfg))
+    for why in refused.values():
+        print(f"error: {why}; the agent will not start its unit")
+    return EXIT_OK if report.met and not refused else EXIT_DEGRADED
 
 
 def _check_preload(host: Host, cfg: config.Config) -> None:
@@ -326,6 +362,55 @@ def _cmd_prepare_model(args: argparse.Namespace, host: Host) -> int:
     return EXIT_OK
 
 
+def _cmd_run_container(args: argparse.Namespace, host: Host) -> int:
+    from hugepage_agent import modelstart
+
+    argv, env = modelstart.container_command(host, args.name)
+    log.debug("exec %s", argv)
+    print(f"hugepage-agent: model {args.name}: {' '.join(argv[1:3])} ... {' '.join(argv[-3:])}",
+          file=sys.stderr, flush=True)
+    try:
+        os.execve(argv[0], argv, env)
+    except OSError as e:
+        raise AgentError(f"cannot run {argv[0]}: {e.strerror or e}") from e
+
+
+def _cmd_remove_container(args: argparse.Namespace, host: Host) -> int:
+    from hugepage_agent import containerstart, modelstart
+
+    _require_root(host, "remove-container")
+    runtime = "podman"
+    with contextlib.suppress(AgentError):  # the model may be gone from the configuration
+        runtime = modelstart.read_model_file(host, args.name).runtime
+    for r in dict.fromkeys((runtime, "podman", "docker")):
+        with contextlib.suppress(AgentError):  # not installed, or not running
+            if containerstart.remove(r, args.name):
+                print(f"hugepage-agent: model {args.name}: removed its {r} container",
+                      file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_compose(args: argparse.Namespace, host: Host) -> int:
+    from hugepage_agent import containerargs, execwrap, footprint, loadmode
+
+    cfg = config.load(host, args.config)
+    found = [m for m in cfg.models if args.name in (m.name, m.container)]
+    if not found:
+        raise AgentError(f"no model {args.name!r} in the configuration")
+    m = found[0]
+    if m.container is None:
+        raise AgentError(f"model {m.name} has no container: set model.container to the Compose "
+                         "service's container name")
+    library = execwrap.find_library(cfg)
+    env = execwrap.model_env(execwrap.wrapper_env(cfg, library), m)
+    lm = footprint.load_mode(cfg.server.load_mode, loadmode.server_binary(
+        cfg.server.binary, m.container), m.path, m.args, cfg.wrapper.min_size)
+    print(containerargs.compose_override(m.container, m.name, library, env,
+                                         added=lm.added, args=m.args),
+          end="")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
@@ -333,7 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"apply": _cmd_apply, "status": _cmd_status, "exec": _cmd_exec,
                 "purge-files": _cmd_purge_files,
                 "daemon": _cmd_daemon, "reload": _cmd_reload, "release": _cmd_release,
-                "run-model": _cmd_run_model, "prepare-model": _cmd_prepare_model}
+                "run-model": _cmd_run_model, "prepare-model": _cmd_prepare_model,
+                "run-container": _cmd_run_container, "remove-container": _cmd_remove_container,
+                "compose": _cmd_compose}
     try:
         return handlers[args.command](args, host)
     except AgentError as e:

@@ -47,6 +47,11 @@ UNIT_NAME_RE = re.compile(r"[A-Za-z0-9:_.\\\-@]+\.service")
 FORBIDDEN_UNIT_RE = re.compile(r"(hugepage-agent|dbus|dbus-broker|systemd-.*|user@.*|"
                                r"user-runtime-dir@.*|init|emergency|rescue)\.service")
 NODE_KEY_RE = re.compile(r"[0-9]{1,4}")
+# an image reference as podman and docker take it: [registry[:port]/]path[:tag][@digest]
+IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/:@+]{0,254}")
+# a container name as docker and podman take it
+CONTAINER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+RUNTIMES = ("podman", "docker")
 
 
 DEFAULT_HEADROOM = amounts.Amount(share=0.02)
@@ -111,6 +116,21 @@ class ModelConfig:
     restart: str = "on-change"  # or "manual": see RESTART_MODES
     numa: str = "auto"  # one of NUMA_MODES, or "nodes" (numa_nodes)
     numa_nodes: tuple[int, ...] = ()  # pinned there (numa = "nodes")
+    image: str | None = None  # served from this container image by llama-container@NAME
+    container: str | None = None  # an existing container the operator runs (compose)
+    runtime: str | None = None  # podman or docker; None: podman for an image, either
+    runtime_args: tuple[str, ...] = ()  # added to the runtime's `run` before the image
+
+    @property
+    def kind(self) -> str:
+        """Who runs the server: "template" (llama-server@NAME), "unit" (the
+        operator's own), "image" (llama-container@NAME) or "container" (the
+        operator's own container, e.g. a compose service)."""
+        if self.image is not None:
+            return "image"
+        if self.container is not None:
+            return "container"
+        return "unit" if self.unit is not None else "template"
 
 
 RESTART_MODES = ("on-change", "manual")
@@ -153,7 +173,8 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 _MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "path": str, "args": list, "unit": str, "autostart": bool,
-    "restart": str, "numa": (str, int, list),
+    "restart": str, "numa": (str, int, list), "image": str, "container": str,
+    "runtime": str, "runtime_args": list,
 }
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
                dict: "a table", list: "a list"}
@@ -466,6 +487,46 @@ def _model(file: str, index: int, m: Mapping[str, Any],
         raise ConfigError(file, f"{where}.restart", f"{restart!r} is not one of "
                           + ", ".join(f'"{r}"' for r in RESTART_MODES))
     numa, numa_nodes = _numa(file, f"{where}.numa", m.get("numa", base.numa), nodes_online)
+    image, container, runtime, runtime_args = _container(file, where, m)
     return ModelConfig(name=name, path=path, size=size, args=tuple(args), unit=unit,
                        autostart=m.get("autostart", base.autostart), restart=restart, numa=numa,
-                       numa_nodes=numa_nodes)
+                       numa_nodes=numa_nodes, image=image, container=container,
+                       runtime=runtime, runtime_args=runtime_args)
+
+
+def _container(file: str, where: str, m: Mapping[str, Any]
+               ) -> tuple[str | None, str | None, str | None, tuple[str, ...]]:
+    """model.image, model.container, model.runtime and model.runtime_args."""
+    image, container = m.get("image"), m.get("container")
+    given = [k for k in ("unit", "image", "container") if k in m]
+    if len(given) > 1:
+        raise ConfigError(file, f"{where}.{given[1]}", f"cannot be set with {given[0]}: a model "
+                          "is served by one of the template unit, its own unit (unit), an "
+                          "image the agent runs (image) or a container the operator runs "
+                          "(container)")
+    if image is not None and (not IMAGE_RE.fullmatch(image) or "//" in image):
+        raise ConfigError(file, f"{where}.image", f"{image!r} is not a container image "
+                          "reference (such as ghcr.io/ggml-org/llama.cpp:server)")
+    if container is not None and not CONTAINER_RE.fullmatch(container):
+        raise ConfigError(file, f"{where}.container", f"{container!r} is not a container name: "
+                          "use letters, digits, '_', '.' and '-', not starting with a "
+                          "punctuation mark")
+    runtime = m.get("runtime")
+    if runtime is not None:
+        if image is None and container is None:
+            raise ConfigError(file, f"{where}.runtime", "only for a model with image or "
+                              "container")
+        if runtime not in RUNTIMES:
+            raise ConfigError(file, f"{where}.runtime", f"{runtime!r} is not one of "
+                              + ", ".join(f'"{r}"' for r in RUNTIMES))
+    runtime_args = m.get("runtime_args", [])
+    if runtime_args and image is None:
+        raise ConfigError(file, f"{where}.runtime_args", "only for a model with image")
+    for j, a in enumerate(runtime_args):
+        if not isinstance(a, str):
+            raise ConfigError(file, f"{where}.runtime_args[{j}]", "expected a string")
+        if "\0" in a or not a.startswith("-"):
+            raise ConfigError(file, f"{where}.runtime_args[{j}]", f"{a!r} is not an option "
+                              "of the runtime's run (each starts with '-', such as "
+                              "\"--cpus=8\"; the image and the server's args are the agent's)")
+    return image, container, runtime, tuple(runtime_args)

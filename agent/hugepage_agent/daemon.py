@@ -25,6 +25,7 @@ from typing import Any
 from hugepage_agent import (
     apply,
     config,
+    containerstart,
     modelfiles,
     numanodes,
     pools,
@@ -132,15 +133,20 @@ class Agent:
         """Start the autostart models not in `already`; one whose file the
         servers' user cannot read is reported instead of started."""
         unreadable = modelfiles.unreadable_models(self.host, cfg)
+        refused = containerstart.refused_images(cfg, find_library(cfg)) \
+            if any(m.image is not None and m.autostart for m in cfg.models) else {}
         for m in cfg.models:
             unit = unitfiles.unit_for(m)
-            if not m.autostart or unit in already:
+            if not m.autostart or not unit or unit in already:
                 continue
             if m.name in unreadable:
                 log.error("model %s: not starting %s: %s. The server runs as %s: make the "
                           "file readable by it (chmod o+r, or chgrp %s and chmod g+r), then "
                           "systemctl start %s", m.name, unit, unreadable[m.name],
                           serveruser.SERVER_USER, serveruser.SERVER_USER, unit)
+                continue
+            if m.name in refused:
+                log.error("not starting %s: %s", unit, refused[m.name])
                 continue
             self._start(unit)
 
@@ -249,7 +255,7 @@ class Agent:
             # that the new pool size is not held up by pages they still use.
             keep = {m.name for m in cfg.models}
             for m in previous.models:
-                if m.name not in keep and m.unit is None:
+                if m.name not in keep and m.kind in ("template", "image"):
                     log.info("model %s is no longer configured: stopping %s", m.name,
                              unitfiles.unit_for(m))
                     self._stop(unitfiles.unit_for(m))

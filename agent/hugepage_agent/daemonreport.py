@@ -53,6 +53,8 @@ class Reporter:
         out = []
         for m in cfg.models:
             unit = unitfiles.unit_for(m)
+            if not unit:
+                continue  # the operator's container: no unit
             try:
                 st = self.systemd.state(unit)
                 out.append((unit, st.active_state, st.main_pid))

@@ -250,10 +250,10 @@ CACHE_FILE = consts.FOOTPRINT_CACHE
 
 def server_load_mode(m: ModelConfig, cfg: Config) -> str:
     """The load mode a model's server runs with, unless its arguments choose:
-    server.load_mode for the agent's units; llama.cpp's own (a mapping, which
-    the wrapper copies: "keep") for an operator's unit, whose command line the
-    agent does not write."""
-    return cfg.server.load_mode if m.unit is None else "keep"
+    server.load_mode for the agent's units (an image's too); llama.cpp's own (a
+    mapping, which the wrapper copies: "keep") for an operator's unit or
+    container, whose command line the agent does not write."""
+    return cfg.server.load_mode if m.kind in ("template", "image") else "keep"
 
 
 def _cache_key(m: ModelConfig, cfg: Config) -> str:

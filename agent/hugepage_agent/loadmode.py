@@ -111,10 +111,22 @@ def operator_choice(args: Sequence[str]) -> str | None:
     return None
 
 
+IMAGE_SERVER = "the llama-server of image "  # server_binary's name for an image's
+
+
+def server_binary(configured: str, image: str | None) -> str:
+    """The server whose options choose a model's load mode: server.binary, or
+    for a model with image, the image's (named, not read)."""
+    return configured if image is None else f"{IMAGE_SERVER}{image}"
+
+
 def find_option(binary: str, option: str) -> tuple[bool, str]:
     """Whether the server knows an option, and the evidence: the binary or the
     library whose string table names it (nothing is run). Each binary is
     searched once per version of it, however many models ask."""
+    if binary.startswith(IMAGE_SERVER):
+        return True, (f"{binary} is not read (it is in the image): a current llama.cpp "
+                      "assumed, as in llama.cpp's server image")
     try:
         st = os.stat(binary)
     except OSError as e:

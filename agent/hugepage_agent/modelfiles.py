@@ -8,7 +8,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from hugepage_agent import footprint, numanodes, serveruser, startrecord, unitfiles
+from hugepage_agent import footprint, loadmode, numanodes, serveruser, startrecord, unitfiles
 from hugepage_agent.config import DEFAULT_TEXTFILE_DIR, Config
 from hugepage_agent.errors import ConfigError
 from hugepage_agent.execwrap import model_env, wrapper_env
@@ -56,6 +56,8 @@ def render_all(cfg: Config, library: str,
     env = wrapper_env(cfg, library)
     out: dict[str, str] = {}
     for i, m in enumerate(cfg.models):
+        if m.kind == "container":
+            continue  # the operator runs it: `hugepage-agent compose NAME` prints its override
         try:
             out[unitfiles.dropin_path(unitfiles.unit_for(m))] = unitfiles.render_dropin(
                 m, model_env(env, m), numanodes.cpuset(m, topo) if topo else None)
@@ -63,10 +65,11 @@ def render_all(cfg: Config, library: str,
             raise ConfigError(cfg.origin("wrapper.library"), f"model[{i}]",
                               f"cannot be written into a unit file: {e}") from e
         if m.unit is None:
-            lm = footprint.load_mode(cfg.server.load_mode, cfg.server.binary, m.path, m.args,
-                                     cfg.wrapper.min_size)
+            lm = footprint.load_mode(cfg.server.load_mode,
+                                     loadmode.server_binary(cfg.server.binary, m.image), m.path,
+                                     m.args, cfg.wrapper.min_size)
             out[unitfiles.model_file(m.name)] = unitfiles.render_model_file(
-                m, cfg.server.binary, lm, cfg.server.page_cache)
+                m, cfg.server.binary if m.image is None else "", lm, cfg.server.page_cache)
         else:
             out[unitfiles.model_file(m.name)] = unitfiles.render_own_unit_file(m)
     try:
@@ -94,7 +97,7 @@ def unreadable_models(host: Host, cfg: Config) -> dict[str, str]:
         return {}
     out = {}
     for m in cfg.models:
-        if m.unit is None:
+        if m.kind in ("template", "image"):
             why = serveruser.cannot_read(m.path, user)
             if why is not None:
                 out[m.name] = why

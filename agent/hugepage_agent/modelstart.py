@@ -58,8 +58,18 @@ def prepare(host: Host, name: str) -> StartChoice | None:
     (None for a model file that leaves it to the server, or the operator's own
     unit), recorded with what the start runs with (startrecord)."""
     mf = read_model_file(host, name)
-    unit = mf.unit or f"llama-server@{name}.service"
+    unit = mf.unit or (f"llama-container@{name}.service" if mf.image is not None
+                       else f"llama-server@{name}.service")
     record = startrecord.make(host, mf, unit, os.environ)
+    refused = None
+    if mf.image is not None:
+        from hugepage_agent import containerstart, preload, runtimes
+
+        library = preload.listed(os.environ.get(consts.PRELOAD_ENV, ""))
+        refused = containerstart.image_problem(name, mf.runtime, mf.image, mf.model,
+                                               library[0] if library else None)
+        record.update(image=mf.image, image_id=runtimes.image_id(mf.runtime, mf.image),
+                      refused=refused)
     choice = None
     if mf.load is not None:
         choice = choose(mf.load, mf.model, mf.page_cache)
@@ -72,7 +82,12 @@ def prepare(host: Host, name: str) -> StartChoice | None:
                     "runs the configuration, and the server measures the page cache itself",
                     name, e)
     # after the record: a fixed configuration then counts as a change to restart for
-    _check_preload(mf, os.environ)
+    if refused is not None:
+        from hugepage_agent.preload import PreloadError
+
+        raise PreloadError(refused)
+    if mf.image is None:
+        _check_preload(mf, os.environ)
     return choice
 
 
@@ -119,10 +134,31 @@ def run_command(host: Host, name: str) -> tuple[list[str], dict[str, str]]:
     mf = read_model_file(host, name)
     if mf.unit is not None:
         raise AgentError(f"model {name} is served by its own unit {mf.unit}, not run-model")
+    if mf.image is not None:
+        raise AgentError(f"model {name} is served from image {mf.image} by "
+                         f"llama-container@{name}.service, not run-model")
+    added, extra = _this_start(host, name, mf)
+    return mf.argv(added), extra
+
+
+def _this_start(host: Host, name: str,
+                mf: unitfiles.ModelFile) -> tuple[tuple[str, ...], dict[str, str]]:
+    """This start's load mode arguments, and the environment that says why."""
     if mf.load is None:
-        return mf.argv(), {}
+        return (), {}
     choice = _recorded(host, name, mf) or choose(mf.load, mf.model, mf.page_cache)
-    return mf.argv(choice.args), choice_env(choice, mf.model)
+    return choice.args, choice_env(choice, mf.model)
+
+
+def container_command(host: Host, name: str) -> tuple[list[str], dict[str, str]]:
+    """What run-container execs: the runtime's `run` and its whole environment."""
+    from hugepage_agent import containerstart
+
+    mf = read_model_file(host, name)
+    if mf.image is None:
+        raise AgentError(f"model {name} has no image: llama-server@{name}.service serves it")
+    added, extra = _this_start(host, name, mf)
+    return containerstart.run_command(host, name, mf, added, extra)
 
 
 def choice_env(choice: StartChoice, model_path: str) -> dict[str, str]:

@@ -31,13 +31,13 @@ def listed(value: str) -> list[str]:
     return value.replace(":", " ").split()
 
 
-def _newest(versions: set[str]) -> tuple[int, ...] | None:
+def newest_glibc(versions: set[str]) -> tuple[int, ...] | None:
     found = [tuple(int(g) for g in m.groups() if g is not None)
              for m in map(_GLIBC_RE.match, versions) if m]
     return max(found) if found else None
 
 
-def _name(v: tuple[int, ...]) -> str:
+def version_name(v: tuple[int, ...]) -> str:
     return ".".join(map(str, v))
 
 
@@ -64,7 +64,7 @@ def problem(library: str, binary: str | None, root: str = "/") -> str | None:
         needed, _ = elflibs.symbol_versions(data)
     except elflibs.NotElf as e:
         return f"the wrapper library {library} is not a shared library ({e})"
-    needs = _newest(needed)
+    needs = newest_glibc(needed)
     if binary is None:
         return None
     exe = in_root(root, binary)
@@ -79,12 +79,12 @@ def problem(library: str, binary: str | None, root: str = "/") -> str | None:
     if libc is None or needs is None:
         return None  # statically linked, or nothing to compare
     try:
-        has = _newest(elflibs.symbol_versions(_read(libc) or b"")[1])
+        has = newest_glibc(elflibs.symbol_versions(_read(libc) or b"")[1])
     except elflibs.NotElf:
         return None
     if has is not None and has < needs:
-        return (f"the wrapper library {library} needs glibc {_name(needs)}; {binary} runs "
-                f"with glibc {_name(has)} ({libc}): ld.so would stop the server before it "
+        return (f"the wrapper library {library} needs glibc {version_name(needs)}; {binary} runs "
+                f"with glibc {version_name(has)} ({libc}): ld.so would stop the server before it "
                 "starts. Use a llama-server built for this distribution's glibc or newer")
     return None
 
@@ -106,6 +106,8 @@ def model_problems(cfg: Config, library: str, exec_info: ExecInfo | None = None)
     RootDirectory= where systemd says (else the host's root)."""
     out = []
     for m in cfg.models:
+        if m.kind in ("image", "container"):
+            continue  # an image is read by imagecheck, per model, before its unit starts
         binary: str | None = cfg.server.binary
         root = "/"
         if m.unit is not None:

@@ -48,7 +48,7 @@ def changed_models(host: Host, cfg: Config, systemd: Systemd) -> list[Changed]:
     wanted = configured_env(cfg)
     out = []
     for m in cfg.models:
-        if m.restart != "on-change":
+        if m.restart != "on-change" or m.kind == "container":
             continue
         unit = unitfiles.unit_for(m)
         try:

@@ -29,6 +29,7 @@ ARGS = "args changed"
 MODEL_FILE = "model file changed"
 BINARY = "binary changed"
 WRAPPER = "wrapper settings changed"
+IMAGE = "image changed"
 
 
 def start_file(name: str) -> str:
@@ -84,8 +85,8 @@ def for_invocation(host: Host, name: str, invocation: str) -> dict[str, Any] | N
 def changes(record: Mapping[str, Any], cfg: Config, m: ModelConfig,
             wanted_env: Mapping[str, str] | None) -> list[str]:
     """What the configuration now says differently from what the server was
-    started with: ARGS, MODEL_FILE, BINARY, WRAPPER (in that order; the last
-    not compared without `wanted_env`, the library not being found)."""
+    started with: ARGS, MODEL_FILE, BINARY, IMAGE, WRAPPER (in that order; the
+    last not compared without `wanted_env`, the library not being found)."""
     out = []
     if m.unit is None and record.get("config_args") is not None \
             and list(record["config_args"]) != list(m.args):
@@ -96,10 +97,22 @@ def changes(record: Mapping[str, Any], cfg: Config, m: ModelConfig,
             record["binary"] != cfg.server.binary
             or record.get("binary_identity") != identity(cfg.server.binary)):
         out.append(BINARY)
+    if m.image is not None and "image" in record and (
+            record["image"] != m.image or _image_moved(record, m)):
+        out.append(IMAGE)
     had = record.get("wrapper")
     if wanted_env is not None and isinstance(had, dict) and dict(had) != dict(wanted_env):
         out.append(WRAPPER)
     return out
+
+
+def _image_moved(record: Mapping[str, Any], m: ModelConfig) -> bool:
+    """The image reference now names another image (pulled or built anew)."""
+    from hugepage_agent import runtimes, unitfiles
+
+    had = record.get("image_id")
+    now = runtimes.image_id(unitfiles.image_runtime(m), m.image or "") if had else None
+    return bool(had and now and now != had)
 
 
 def describe(found: Sequence[str]) -> str:

@@ -13,6 +13,7 @@ import os
 from hugepage_agent import (
     __version__,
     amounts,
+    containerargs,
     coverage,
     execwrap,
     footprint,
@@ -25,6 +26,8 @@ from hugepage_agent import (
     pools,
     preload,
     procs,
+    runtimes,
+    serverargs,
     startrecord,
     thp,
     unitfiles,
@@ -116,10 +119,13 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
                  problems: list[str]) -> ModelEntry:
     systemd, fp, topo = ctx
     unit = unitfiles.unit_for(m)
-    lm = footprint.load_mode(cfg.server.load_mode, cfg.server.binary, m.path, m.args,
+    lm = footprint.load_mode(cfg.server.load_mode,
+                             loadmode.server_binary(cfg.server.binary, m.image), m.path, m.args,
                              cfg.wrapper.min_size) \
-        if m.unit is None else loadmode.LoadMode("unknown", "operator's unit", (),
-                                                 evidence="the unit's own ExecStart=")
+        if m.kind in ("template", "image") else loadmode.LoadMode(
+            "unknown", f"operator's {m.kind}", (),
+            evidence="the unit's own ExecStart=" if m.kind == "unit"
+            else "the container's own command")
     res = pagecache.residency(m.path)
     entry: ModelEntry = {
         "name": m.name, "path": m.path, "unit": unit, "active": None, "state": None,
@@ -131,7 +137,7 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
                       "evidence": lm.evidence, "at_start": None},
         "page_cache_bytes": res.cached if res is not None else None,
         "processes": [], "main_pid": None, "restart": m.restart, "restart_pending": None,
-        "numa": None, "verdict": "unknown",
+        "numa": None, "container": None, "verdict": "unknown",
     }
     servers, unit_state = _find_servers(host, m, systemd, entry, cfg.wrapper.alloc_min_size)
     pid = servers[0][0] if servers else 0
@@ -139,7 +145,11 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
         entry["pid"] = pid
         entry["load_mode"]["at_start"] = _start_choice(host, m, pid)
     if not pid:
-        if systemd is None:
+        refused = _refused(host, m, unit_state)
+        if refused is not None:
+            entry["verdict"] = f"refused: {refused}"
+            problems.append(f"model {m.name}: {entry['verdict']}")
+        elif systemd is None and m.kind != "container":
             entry["verdict"] = "unknown: systemd not reachable, no process holds the model"
         elif entry["verdict"] == "unknown":
             entry["verdict"] = "not running"
@@ -180,6 +190,55 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
         problems.append(f"model {m.name}: {entry['verdict']} "
                         f"({share * 100:.1f}% of {amounts.human_bytes(used)} in huge pages)")
     return entry
+
+
+def _refused(host: Host, m: ModelConfig, unit_state: UnitState | None) -> str | None:
+    """Why the last start of a model's container was refused (its image),
+    while its unit is not running."""
+    if m.kind != "image" or (unit_state is not None and unit_state.active_state == "active"):
+        return None
+    record = startrecord.read(host, m.name)
+    if record is None or record.get("image") != m.image or not record.get("refused"):
+        return None
+    return str(record["refused"])
+
+
+def _container_pid(m: ModelConfig, entry: ModelEntry) -> int:
+    """The pid of the server in the model's container (0: none running), from
+    the runtime (`inspect`): the operator's container, or a docker-run image."""
+    if m.kind == "image":
+        name, candidates = containerargs.container_name(m.name), [unitfiles.image_runtime(m)]
+    else:
+        name = m.container or ""
+        candidates = [m.runtime] if m.runtime else ["docker", "podman"]
+    errors = []
+    for runtime in candidates:
+        try:
+            pid = runtimes.container_pid(runtime, name)
+        except AgentError as e:
+            errors.append(str(e))
+            continue
+        if pid:
+            entry["container"] = {"runtime": runtime, "name": name, "pid": pid}
+            return pid
+    if m.kind == "container":
+        if len(errors) < len(candidates):
+            entry["state"] = f"container {name} not running"
+        else:  # no runtime could be asked: not installed, daemon down, not root
+            entry["state"] = entry["verdict"] = f"unknown: {'; '.join(errors)}"
+    return 0
+
+
+def served_path(host: Host, m: ModelConfig, pid: int) -> str:
+    """The model file as its server opened it: in a container, where it is
+    mounted (the image's: fixed; the operator's: its --model)."""
+    if m.kind == "image":
+        return containerargs.model_path(m.path)
+    if m.kind == "container" and pid:
+        with contextlib.suppress(HostError):
+            cmd = (host.read_optional(f"/proc/{pid}/cmdline") or "").split("\0")
+            return serverargs.value(cmd[1:], "-m", "--model") or m.path
+    return m.path
 
 
 def pending_changes(host: Host, cfg: Config, m: ModelConfig,
@@ -231,7 +290,7 @@ def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: Mo
     pid = 0
     group = ""
     st: UnitState | None = None
-    if systemd is not None:
+    if systemd is not None and entry["unit"]:
         try:
             st = systemd.state(entry["unit"])
             entry["active"] = st.active_state == "active"
@@ -242,14 +301,24 @@ def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: Mo
         except SystemdError as e:
             entry["verdict"] = f"unknown: {e}"
     pids = procs.cgroup_pids(host, group) if group else []
-    covs = {p: coverage.read_coverage(host, p, m.path, large) for p in pids}
+    if m.kind == "container" or (m.kind == "image" and unitfiles.image_runtime(m) == "docker"
+                                 and entry["active"]):
+        cpid = _container_pid(m, entry)  # outside the unit's cgroup: ask the runtime
+        if cpid:
+            pids = sorted({*pids, cpid})
+            if m.kind == "container":
+                pid = cpid
+                entry["active"], entry["state"] = True, f"running (container {m.container})"
+                entry["main_pid"] = cpid
+    path = served_path(host, m, pid)
+    covs = {p: coverage.read_coverage(host, p, path, large) for p in pids}
     for keep in (coverage.large, lambda c: c.wrapper_loaded):
         found = [(p, c) for p, c in covs.items() if c is not None and keep(c)]
         if found:
             return sorted(found, key=lambda pc: (pc[0] != pid, pc[0])), st
     if pid:  # its smaps read once, in the cgroup or here
         return [(pid, covs[pid] if pid in covs else
-                 coverage.read_coverage(host, pid, m.path, large))], st
+                 coverage.read_coverage(host, pid, path, large))], st
     # no unit running it (or no systemd): a process started another way, e.g. exec
     holders = coverage.pids_holding(host, m.path)
     if not holders:

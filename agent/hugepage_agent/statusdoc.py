@@ -56,6 +56,13 @@ class NumaEntry(TypedDict):
     off_node_ratio: float | None
 
 
+class ContainerEntry(TypedDict):
+    """The container a model's server runs in, as its runtime reports it."""
+    runtime: str  # podman or docker
+    name: str
+    pid: int  # its server, in this pid namespace
+
+
 class ModelEntry(TypedDict):
     name: str
     path: str
@@ -81,6 +88,7 @@ class ModelEntry(TypedDict):
     restart: str
     restart_pending: list[str] | None
     numa: NumaEntry | None
+    container: ContainerEntry | None  # found through the runtime (docker, compose)
     verdict: str
 
 

@@ -22,6 +22,7 @@ from hugepage_agent.loadmode import LoadMode
 
 AGENT_UNIT = "hugepage-agent.service"
 TEMPLATE = "llama-server@.service"
+CONTAINER_TEMPLATE = "llama-container@.service"  # a model with image
 DROPIN_NAME = "50-hugepage-agent.conf"
 UNIT_DIR = "/etc/systemd/system"
 MODEL_DIR = consts.MODEL_DIR
@@ -34,7 +35,18 @@ class UnsafeValue(ValueError):
 
 
 def unit_for(model: ModelConfig) -> str:
+    """The unit that serves a model; "" for a container the operator runs."""
+    kind = model.kind
+    if kind == "container":
+        return ""
+    if kind == "image":
+        return f"llama-container@{model.name}.service"
     return model.unit or f"llama-server@{model.name}.service"
+
+
+def image_runtime(model: ModelConfig) -> str:
+    """The runtime that runs a model's image: podman unless it says docker."""
+    return model.runtime or "podman"
 
 
 def dropin_path(unit: str) -> str:
@@ -135,6 +147,10 @@ def render_model_file(model: ModelConfig, binary: str, load: LoadMode | None = N
         "model": model.path,
         "args": list(model.args),
     }
+    if model.image is not None:
+        data["image"] = model.image
+        data["runtime"] = image_runtime(model)
+        data["runtime_args"] = list(model.runtime_args)
     if load is not None:
         data["load"] = {"mode": load.mode, "chosen_by": load.chosen_by,
                         "uncached": list(load.added),
@@ -152,6 +168,9 @@ class ModelFile:
     load: LoadMode | None  # None: a file written before the choice was made per start
     page_cache: str = "drop"
     unit: str | None = None  # the operator's own unit serves it: nothing to run
+    image: str | None = None  # llama-container@NAME runs it from this image
+    runtime: str = "podman"
+    runtime_args: tuple[str, ...] = ()
 
 
     def argv(self, added: Sequence[str] = ()) -> list[str]:
@@ -174,7 +193,13 @@ def parse_model_file(text: str) -> ModelFile:
     binary, path, args = data["binary"], data["model"], data["args"]
     if not (isinstance(binary, str) and isinstance(path, str) and _strings(args)):
         raise ValueError("malformed model file")
+    image = data.get("image")
+    runtime, runtime_args = data.get("runtime", "podman"), data.get("runtime_args", [])
+    if image is not None and not (isinstance(image, str) and runtime in ("podman", "docker")
+                                  and _strings(runtime_args)):
+        raise ValueError("malformed image section")
     load = None
+    page_cache = "drop"
     raw = data.get("load")
     if raw is not None:
         if not (isinstance(raw, dict) and _strings(raw["uncached"])
@@ -185,8 +210,9 @@ def parse_model_file(text: str) -> ModelFile:
         load = LoadMode(raw["mode"], raw["chosen_by"], tuple(raw["uncached"]),
                         cached=tuple(raw["cached"]) if raw["cached"] is not None else None,
                         evidence=str(raw.get("evidence", "")))
-        return ModelFile(binary, path, tuple(args), load, raw.get("page_cache", "drop"))
-    return ModelFile(binary, path, tuple(args), None)
+        page_cache = raw.get("page_cache", "drop")
+    return ModelFile(binary, path, tuple(args), load, page_cache, image=image, runtime=runtime,
+                     runtime_args=tuple(runtime_args))
 
 
 def model_argv(text: str) -> list[str]:

@@ -34,6 +34,7 @@ PAIRS = {
     "HPW_REASON_SIZE": consts.REASON_SIZE,
     "HPW_REASON_NODE": consts.REASON_NODE,
 }
+assert {v for k, v in PAIRS.items() if k.startswith("HPW_ENV_")} == set(consts.ENV_NAMES)
 
 
 def defines() -> dict[str, str]:
@@ -78,8 +79,9 @@ def test_no_other_module_spells_a_shared_literal() -> None:
 def test_the_template_unit_and_the_dropins_run_prepare_model_alike() -> None:
     from hugepage_agent import unitfiles
 
-    template = (REPO / "systemd" / "llama-server@.service").read_text()
-    assert f"ExecStartPre=+{unitfiles.PREPARE} %i\n" in template
+    for name in ("llama-server@.service", "llama-container@.service"):
+        template = (REPO / "systemd" / name).read_text()
+        assert f"ExecStartPre=+{unitfiles.PREPARE} %i\n" in template, name
     assert f"{consts.PRELOAD_ENV}=${{LD_PRELOAD}}" in unitfiles.PREPARE
 
 

@@ -52,7 +52,9 @@ def test_example_names_every_key_with_its_default(tmp_path: Path) -> None:
     for section, keys in config._SCHEMA.items():
         assert set(data[section]) == set(keys), section
     model = data["model"][0]
-    assert set(config._MODEL_KEYS) - set(model) == {"unit"}
+    # the ways of running it other than the template's, shown commented out
+    assert set(config._MODEL_KEYS) - set(model) == {"unit", "image", "container", "runtime",
+                                                    "runtime_args"}
     base = ModelConfig(name="x", path="/x", size=0)
     for key in ("autostart", "restart", "numa"):
         assert model[key] == getattr(base, key), key
