@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds (once) the Debian 12 guest that the NUMA tests boot under QEMU with
-# two NUMA nodes (tests/numaguest.py): an ext4 image with Debian's own kernel,
-# systemd, numactl and what the agent's package needs, plus that kernel and its
-# initrd beside it. Cached outside the repo; prints the directory.
+# Builds (once) the Debian 12 guest that the NUMA and container tests boot
+# under QEMU with two NUMA nodes (tests/numaguest.py): an ext4 image with
+# Debian's own kernel, systemd, numactl, what the agent's package needs, and
+# Debian 12's container runtimes (podman with crun and runc, docker.io,
+# docker-compose), plus that kernel and its initrd beside it. Cached outside
+# the repo; prints the directory.
 #
 # At boot the guest mounts the 9p share tagged "hpa" at /mnt/hpa and runs
 # /mnt/hpa/run.sh as root (hpa-guest.service), writing its output to
@@ -10,10 +12,12 @@
 set -euo pipefail
 # $HOME may be unset (env -i, a unit): the home directory of the user, then
 CACHE="${HUGEPAGE_AGENT_CACHE:-${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}/.cache/hugepage-agent}"
-VERSION=1  # bump when the package list or the boot unit changes
+VERSION=2  # bump when the package list or the boot unit changes
 OUT="$CACHE/guest-bookworm-v$VERSION"
 INCLUDE=linux-image-amd64,initramfs-tools,systemd,systemd-sysv,udev,kmod,dbus,numactl,procps,\
-python3,python3-pydbus,python3-gi,python3-pyudev,libgomp1,libstdc++6,curl,ca-certificates
+python3,python3-pydbus,python3-gi,python3-pyudev,libgomp1,libstdc++6,curl,ca-certificates,\
+podman,crun,runc,conmon,catatonit,netavark,aardvark-dns,docker.io,containerd,docker-compose,\
+iptables
 if [[ -s "$OUT/guest.img" && -s "$OUT/vmlinuz" && -s "$OUT/initrd.img" ]]; then
     echo "$OUT"
     exit 0
@@ -23,7 +27,8 @@ mkdir -p "$CACHE"
 work=$(mktemp -d "$CACHE/guest.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 root="$work/root"
-echo "guest: debootstrap bookworm with its kernel from $mirror (about 5 minutes)" >&2
+echo "guest: debootstrap bookworm with its kernel and container runtimes from $mirror" \
+    "(about 5 minutes)" >&2
 debootstrap --variant=minbase --include="$INCLUDE" bookworm "$root" "$mirror" >"$work/log" 2>&1 \
     || { tail -n 30 "$work/log" >&2; exit 1; }
 rm -f "$root"/var/cache/apt/archives/*.deb
@@ -56,7 +61,7 @@ ln -sf /dev/null "$root/etc/systemd/system/serial-getty@ttyS0.service"
 ln -sf /dev/null "$root/etc/systemd/system/getty@tty1.service"
 cp "$root"/boot/vmlinuz-* "$work/vmlinuz"
 cp "$root"/boot/initrd.img-* "$work/initrd.img"
-mkfs.ext4 -q -F -L hpa-guest -d "$root" "$work/guest.img" 3G
+mkfs.ext4 -q -F -L hpa-guest -d "$root" "$work/guest.img" 6G
 mkdir -p "$OUT.tmp"
 mv "$work/guest.img" "$work/vmlinuz" "$work/initrd.img" "$OUT.tmp/"
 rm -rf "$OUT"

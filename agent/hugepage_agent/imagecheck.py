@@ -18,8 +18,7 @@ from hugepage_agent.errors import AgentError
 LIBC_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
              "/usr/lib/aarch64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib")
 MUSL_LOADERS = ("/lib/ld-musl-x86_64.so.1", "/lib/ld-musl-aarch64.so.1")
-FLOOR = ("Debian 12 and 13, Ubuntu 22.04 and 24.04, RHEL 9 and later (the official "
-         "llama.cpp server image is Ubuntu)")
+FLOOR = "Debian 12 or 13, Ubuntu 22.04 or 24.04, RHEL 9 or later, as llama.cpp's server image"
 
 
 def needed_glibc(library_bytes: bytes) -> tuple[int, ...] | None:
@@ -43,7 +42,7 @@ def judge(image: str, library: str, needs: tuple[int, ...] | None, entry: str,
     if musl and libc is None:
         return (f"image {image} runs with musl libc ({musl[0]}); the wrapper library {library} "
                 "is built for glibc and no musl build is shipped: ld.so would stop the server "
-                "before it starts. Use a glibc image (" + FLOOR + ")")
+                "before it starts. Use a glibc image: " + FLOOR)
     if libc is None or needs is None:
         return None
     try:
@@ -51,10 +50,10 @@ def judge(image: str, library: str, needs: tuple[int, ...] | None, entry: str,
     except elflibs.NotElf:
         return None
     if has is not None and has < needs:
-        return (f"image {image} runs glibc {preload.version_name(has)} ({libc[0]}); the wrapper "
-                f"library {library} needs glibc {preload.version_name(needs)}: ld.so would stop "
-                f"the server before it starts. Use an image with glibc "
-                f"{preload.version_name(needs)} or newer ({FLOOR})")
+        return (f"image {image} runs glibc {preload.glibc_release(libc[1], has)} ({libc[0]}); "
+                f"the wrapper library {library} needs glibc {preload.version_name(needs)}: ld.so "
+                f"would stop the server before it starts. Use an image with glibc "
+                f"{preload.version_name(needs)} or newer: {FLOOR}")
     return None
 
 

@@ -37,6 +37,17 @@ def newest_glibc(versions: set[str]) -> tuple[int, ...] | None:
     return max(found) if found else None
 
 
+_RELEASE_RE = re.compile(rb"release version (\d+\.\d+(?:\.\d+)?)")
+
+
+def glibc_release(libc: bytes, versions: tuple[int, ...]) -> str:
+    """The glibc release a libc.so.6 says it is (its banner: "... release
+    version 2.31"); else the newest symbol version it defines, which a release
+    that added none (2.31 defines GLIBC_2.30 at most) understates."""
+    m = _RELEASE_RE.search(libc)
+    return m.group(1).decode() if m else version_name(versions)
+
+
 def version_name(v: tuple[int, ...]) -> str:
     return ".".join(map(str, v))
 
@@ -78,13 +89,15 @@ def problem(library: str, binary: str | None, root: str = "/") -> str | None:
     libc = next((p for p in libs if os.path.basename(p) == "libc.so.6"), None)
     if libc is None or needs is None:
         return None  # statically linked, or nothing to compare
+    data = _read(libc) or b""
     try:
-        has = newest_glibc(elflibs.symbol_versions(_read(libc) or b"")[1])
+        has = newest_glibc(elflibs.symbol_versions(data)[1])
     except elflibs.NotElf:
         return None
     if has is not None and has < needs:
         return (f"the wrapper library {library} needs glibc {version_name(needs)}; {binary} runs "
-                f"with glibc {version_name(has)} ({libc}): ld.so would stop the server before it "
+                f"with glibc {glibc_release(data, has)} ({libc}): ld.so would stop the server "
+                "before it "
                 "starts. Use a llama-server built for this distribution's glibc or newer")
     return None
 
