@@ -23,6 +23,8 @@ APT_PACKAGES=(
     shellcheck  # the scripts and the packages' maintainer scripts, in the test command
     prometheus  # for promtool: the alerting rules' checks and unit tests
     ansible ansible-lint  # the fleet role, its test (nsenter connection) and lint
+    podman runc  # the image check and the container benchmark on this host (crun
+                 # refuses the hybrid cgroups of these machines; runc does not)
 )
 PIP_PACKAGES=(
     "pytest>=7"
@@ -79,3 +81,7 @@ bash "$(dirname "$0")/llama.sh" >/dev/null
 # AVX-512) and the Debian 12 guest with two NUMA nodes they boot (cached).
 bash "$(dirname "$0")/llama.sh" --portable >/dev/null
 bash "$(dirname "$0")/guest.sh" >/dev/null
+
+# The container tests' images: Debian roots (bookworm, trixie, bullseye) that
+# llama-server is added to (cached).
+bash "$(dirname "$0")/images.sh" >/dev/null

@@ -16,7 +16,7 @@ VERSION=2  # bump when the package list or the boot unit changes
 OUT="$CACHE/guest-bookworm-v$VERSION"
 INCLUDE=linux-image-amd64,initramfs-tools,systemd,systemd-sysv,udev,kmod,dbus,numactl,procps,\
 python3,python3-pydbus,python3-gi,python3-pyudev,libgomp1,libstdc++6,curl,ca-certificates,\
-podman,crun,runc,conmon,catatonit,netavark,aardvark-dns,docker.io,containerd,docker-compose,\
+podman,crun,runc,conmon,catatonit,netavark,aardvark-dns,docker.io,containerd,docker-compose,apparmor,\
 iptables
 if [[ -s "$OUT/guest.img" && -s "$OUT/vmlinuz" && -s "$OUT/initrd.img" ]]; then
     echo "$OUT"

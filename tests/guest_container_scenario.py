@@ -185,7 +185,7 @@ def serve() -> None:
     t = time.monotonic()
     run("systemctl", "restart", "hugepage-agent.service")
     out["compose_up"] = said(run("docker-compose", "up", "-d", check=False, cwd=str(COMPOSE)))
-    out["ready"] = {n: wait_health(PORTS[n]) for n in ("pod", "dock", "cpu0")}
+    out["ready"] = {n: wait_health(PORTS[n], timeout=400) for n in ("pod", "dock", "cpu0")}
     out["seconds"]["agent start to all healthy"] = round(time.monotonic() - t, 1)
     run("hugepage-agent", "status", "--wait", "600", check=False, timeout=700)
     step("the three models served")

@@ -60,6 +60,13 @@ class Server:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
                                          env=agent_env(env), cwd=REPO)
 
+    @classmethod
+    def running(cls, proc: subprocess.Popen[bytes], port: int, log: Path) -> Server:
+        """A server started another way (a container runtime's client)."""
+        self = cls.__new__(cls)
+        self.proc, self.port, self.log, self.started = proc, port, log, time.monotonic()
+        return self
+
     @property
     def pid(self) -> int:
         return self.proc.pid

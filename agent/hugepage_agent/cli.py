@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 from hugepage_agent import __version__, config
 from hugepage_agent.errors import (
@@ -331,17 +332,28 @@ def _cmd_purge_files(args: argparse.Namespace, host: Host) -> int:
 
 
 def _cmd_run_model(args: argparse.Namespace, host: Host) -> int:
-    from hugepage_agent import loadmode, modelstart
+    from hugepage_agent import modelstart
 
     argv, extra = modelstart.run_command(host, args.name)
-    if extra.get(loadmode.ENV_CHOICE):
-        print(f"hugepage-agent: model {args.name}: load mode {extra[loadmode.ENV_CHOICE]}",
+    _say_load_mode(args.name, extra)
+    _exec(argv, {**os.environ, **extra}, " (set [server] binary)")
+
+
+def _say_load_mode(name: str, env: dict[str, str]) -> None:
+    """What a server's start prints first, into its journal: this start's load mode."""
+    from hugepage_agent import loadmode
+
+    if env.get(loadmode.ENV_CHOICE):
+        print(f"hugepage-agent: model {name}: load mode {env[loadmode.ENV_CHOICE]}",
               file=sys.stderr, flush=True)
+
+
+def _exec(argv: list[str], env: dict[str, str], hint: str = "") -> NoReturn:
     log.debug("exec %s", argv)
     try:
-        os.execve(argv[0], argv, {**os.environ, **extra})
+        os.execve(argv[0], argv, env)
     except OSError as e:
-        raise AgentError(f"cannot run {argv[0]}: {e.strerror or e} (set [server] binary)") from e
+        raise AgentError(f"cannot run {argv[0]}: {e.strerror or e}{hint}") from e
 
 
 def _cmd_prepare_model(args: argparse.Namespace, host: Host) -> int:
@@ -365,14 +377,9 @@ def _cmd_prepare_model(args: argparse.Namespace, host: Host) -> int:
 def _cmd_run_container(args: argparse.Namespace, host: Host) -> int:
     from hugepage_agent import modelstart
 
-    argv, env = modelstart.container_command(host, args.name)
-    log.debug("exec %s", argv)
-    print(f"hugepage-agent: model {args.name}: {' '.join(argv[1:3])} ... {' '.join(argv[-3:])}",
-          file=sys.stderr, flush=True)
-    try:
-        os.execve(argv[0], argv, env)
-    except OSError as e:
-        raise AgentError(f"cannot run {argv[0]}: {e.strerror or e}") from e
+    argv, env, choice = modelstart.container_command(host, args.name)
+    _say_load_mode(args.name, choice)
+    _exec(argv, env)
 
 
 def _cmd_remove_container(args: argparse.Namespace, host: Host) -> int:

@@ -65,6 +65,7 @@ class RunSpec:
     library: str | None = None  # the wrapper library on the host; None: not preloaded
     user: tuple[int, int] | None = None  # uid, gid; None: the image's user
     groups: tuple[int, ...] = ()  # the user's supplementary groups
+    split: bool = True  # podman: the payload in a sub-cgroup of the unit (cgroup v2 only)
 
 
 def run_argv(spec: RunSpec, runtime_path: str, env: Mapping[str, str],
@@ -78,9 +79,11 @@ def run_argv(spec: RunSpec, runtime_path: str, env: Mapping[str, str],
             "--label", f"net.hugepageagent.model={spec.name}",
             "--mount", _bind(spec.model, model_path(spec.model))]
     if spec.runtime == "podman":
-        # the payload in a sub-cgroup of the unit's, where status looks;
-        # conmon in the unit's; a container of the same name is replaced
-        argv += ["--cgroups=split", "--replace"]
+        # a container of the same name is replaced; the payload in a
+        # sub-cgroup of the unit's, where status looks, conmon in the unit's
+        argv.append("--replace")
+        if spec.split:
+            argv.append("--cgroups=split")
     if spec.user is not None:
         argv += ["--user", f"{spec.user[0]}:{spec.user[1]}"]
         for g in spec.groups:

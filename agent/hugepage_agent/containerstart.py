@@ -17,6 +17,8 @@ from hugepage_agent.unitfiles import ModelFile
 
 log = logging.getLogger(__name__)
 
+CGROUP2_MARK = "/sys/fs/cgroup/cgroup.controllers"  # the unified hierarchy is mounted there
+
 
 def image_problem(name: str, runtime: str, image: str, model: str,
                   library: str | None) -> str | None:
@@ -68,7 +70,10 @@ def run_command(host: Host, name: str, mf: ModelFile, added: tuple[str, ...],
     spec = containerargs.RunSpec(
         runtime=mf.runtime, image=mf.image, name=name, model=mf.model, args=mf.args,
         runtime_args=mf.runtime_args, library=library[0] if library else None,
-        user=(user.uid, user.gid), groups=tuple(sorted(user.groups - {user.gid})))
+        user=(user.uid, user.gid), groups=tuple(sorted(user.groups - {user.gid})),
+        # podman splits only on the unified hierarchy; elsewhere (cgroup v1 or
+        # hybrid) its payload goes to podman's own cgroup, found by name
+        split=host.exists(CGROUP2_MARK))
     runtime = runtimes.find(mf.runtime)
     # a container of this name left behind (a crash, a killed unit) would stop
     # docker's run; podman replaces it itself

@@ -150,15 +150,18 @@ def _this_start(host: Host, name: str,
     return choice.args, choice_env(choice, mf.model)
 
 
-def container_command(host: Host, name: str) -> tuple[list[str], dict[str, str]]:
-    """What run-container execs: the runtime's `run` and its whole environment."""
+def container_command(host: Host, name: str
+                      ) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """What run-container execs: the runtime's `run` and its whole environment;
+    and this start's load choice (the environment that says it, in the
+    container's)."""
     from hugepage_agent import containerstart
 
     mf = read_model_file(host, name)
     if mf.image is None:
         raise AgentError(f"model {name} has no image: llama-server@{name}.service serves it")
     added, extra = _this_start(host, name, mf)
-    return containerstart.run_command(host, name, mf, added, extra)
+    return (*containerstart.run_command(host, name, mf, added, extra), extra)
 
 
 def choice_env(choice: StartChoice, model_path: str) -> dict[str, str]:

@@ -301,9 +301,10 @@ def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: Mo
         except SystemdError as e:
             entry["verdict"] = f"unknown: {e}"
     pids = procs.cgroup_pids(host, group) if group else []
-    if m.kind == "container" or (m.kind == "image" and unitfiles.image_runtime(m) == "docker"
-                                 and entry["active"]):
-        cpid = _container_pid(m, entry)  # outside the unit's cgroup: ask the runtime
+    if m.kind == "container" or (m.kind == "image" and entry["active"] is not False):
+        # docker's server is outside the unit's cgroup, and podman's too where
+        # it cannot split (cgroup v1): ask the runtime
+        cpid = _container_pid(m, entry)
         if cpid:
             pids = sorted({*pids, cpid})
             if m.kind == "container":

@@ -5,6 +5,7 @@ The containers themselves run in tests/e2e/test_containers.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -96,6 +97,8 @@ def test_docker_gets_no_podman_only_flags() -> None:
     spec = containerargs.RunSpec(runtime="docker", image="i", name="m", model="/m.gguf", args=())
     argv = containerargs.run_argv(spec, "/usr/bin/docker", {})
     assert "--cgroups=split" not in argv and "--replace" not in argv
+    unsplit = containerargs.run_argv(dataclasses.replace(SPEC, split=False), "podman", {})
+    assert "--cgroups=split" not in unsplit and "--replace" in unsplit  # cgroup v1: by name
     assert not any(a.startswith("LD_PRELOAD") for a in argv)  # no library: none preloaded
     assert argv[-3:] == ["i", "--model", "/models/m.gguf"]
 
