@@ -20,12 +20,23 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-SHARE = Path("/mnt/hpa")
-RESULTS = SHARE / "results.json"
+sys.path.insert(0, str(Path(__file__).parent))  # guestlib.py, copied beside it
+from guestlib import (
+    SHARE,
+    complete,
+    journal,
+    model_entry,
+    out,
+    run,
+    save,
+    status,
+    step,
+    wait_health,
+)
+
 MODELS = Path("/srv/models")
 COMPOSE = Path("/srv/compose")
 SERVER = "/usr/local/bin/llama-server"
@@ -38,70 +49,11 @@ CPU0_COMMAND = ["--model", "/app/models/model.gguf", *ARGS, "--port", str(PORTS[
 CPU0 = (f'\n[[model]]\nname = "cpu0"\npath = "{MODELS}/cpu0.gguf"\n'
         f'container = "llama-cpu-0"\nargs = {json.dumps(CPU0_COMMAND)}\n')
 CHANGES = ["--change", 'ENTRYPOINT ["/app/llama-server"]', "--change", "WORKDIR /app"]
-out: dict[str, Any] = {"steps": [], "seconds": {}}
-
-
-def save() -> None:
-    RESULTS.write_text(json.dumps(out, indent=1))
-
-
-def step(what: str) -> None:
-    print(f"== {time.monotonic():8.1f} s: {what}", flush=True)
-    out["steps"].append(what)
-    save()
-
-
-def run(*argv: str, check: bool = True, timeout: float = 1200,
-        cwd: str | None = None) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                       cwd=cwd)
-    print(f"$ {' '.join(argv)} -> {r.returncode}\n{r.stdout[-2000:]}{r.stderr[-2000:]}",
-          flush=True)
-    if check and r.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed: {r.returncode}")
-    return r
+out["seconds"] = {}
 
 
 def said(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return {"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr}
-
-
-def status() -> dict[str, Any]:
-    r = run("hugepage-agent", "status", "--json", check=False)
-    data: dict[str, Any] = json.loads(r.stdout)
-    data["exit"] = r.returncode
-    data["text"] = run("hugepage-agent", "status", check=False).stdout
-    return data
-
-
-def wait_health(port: int, timeout: float = 900) -> float | None:
-    start = time.monotonic()
-    while time.monotonic() < start + timeout:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                if r.status == 200:
-                    return round(time.monotonic() - start, 1)
-        except OSError:
-            pass
-        time.sleep(1)
-    return None
-
-
-def complete(port: int) -> list[int] | str:
-    body = json.dumps({"prompt": "the", "n_predict": 4, "temperature": 0, "seed": 1,
-                       "cache_prompt": False, "return_tokens": True}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/completion", data=body,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=600) as r:
-            data = json.loads(r.read())
-        return list(data.get("tokens") or []) or str(data.get("content"))
-    except OSError as e:
-        return f"error: {e}"
-
-
-def model(data: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(m for m in data["models"] if m["name"] == name)
 
 
 def smaps(pid: int) -> str:
@@ -109,13 +61,6 @@ def smaps(pid: int) -> str:
         return Path(f"/proc/{pid}/smaps").read_text()
     except OSError as e:
         return f"error: {e}"
-
-
-def journal(unit: str, since: str = "") -> str:
-    argv = ["journalctl", "-u", unit, "-o", "cat", "--no-pager"]
-    if since:
-        argv += ["--since", since]
-    return run(*argv, check=False).stdout
 
 
 def names(runtime: str) -> list[str]:
@@ -185,19 +130,28 @@ def serve() -> None:
     t = time.monotonic()
     run("systemctl", "restart", "hugepage-agent.service")
     out["compose_up"] = said(run("docker-compose", "up", "-d", check=False, cwd=str(COMPOSE)))
-    out["ready"] = {n: wait_health(PORTS[n], timeout=400) for n in ("pod", "dock", "cpu0")}
+    deadline = t + 420  # under TCG: a minute or two each, loading side by side
+    out["ready"] = {n: wait_health(PORTS[n], timeout=max(1.0, deadline - time.monotonic()))
+                    for n in ("pod", "dock", "cpu0")}
     out["seconds"]["agent start to all healthy"] = round(time.monotonic() - t, 1)
-    run("hugepage-agent", "status", "--wait", "600", check=False, timeout=700)
+    if None in out["ready"].values():  # what went wrong, then stop: the tests say which
+        out["journal"] = {n: journal(f"llama-container@{n}.service") for n in ("pod", "dock")}
+        out["agent_journal"] = journal("hugepage-agent.service")
+        out["status"] = status()
+        raise SystemExit(f"not served: {out['ready']}")
+    run("hugepage-agent", "status", "--wait", "300", check=False, timeout=400)
     step("the three models served")
     data = out["status"] = status()
-    out["smaps"] = {n: smaps(int(model(data, n)["pid"] or 0)) for n in ("pod", "dock", "cpu0")}
-    out["cgroup"] = {n: Path(f"/proc/{model(data, n)['pid']}/cgroup").read_text()
-                     for n in ("pod", "dock", "cpu0") if model(data, n)["pid"]}
+    pids = {n: int(model_entry(data, n)["pid"] or 0) for n in ("pod", "dock", "cpu0")}
+    out["smaps"] = {n: smaps(pid) for n, pid in pids.items()}
+    out["cgroup"] = {n: Path(f"/proc/{pid}/cgroup").read_text() for n, pid in pids.items()
+                     if pid}
     out["completions"] = {n: complete(PORTS[n]) for n in ("pod", "dock", "cpu0")}
     out["units"] = {n: run("systemctl", "show", f"llama-container@{n}.service", "-p",
                            "ActiveState,NRestarts,MainPID,ControlGroup", check=False).stdout
                     for n in ("pod", "dock")}
     out["journal"] = {n: journal(f"llama-container@{n}.service") for n in ("pod", "dock")}
+    out["agent_journal"] = journal("hugepage-agent.service")
     out["compose_logs"] = said(run("docker", "logs", "llama-cpu-0", check=False))
     out["inspect"] = {
         "pod": said(run("podman", "inspect", "hugepage-agent-pod", check=False)),

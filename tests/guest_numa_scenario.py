@@ -18,70 +18,20 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-SHARE = Path("/mnt/hpa")
-RESULTS = SHARE / "results.json"
+sys.path.insert(0, str(Path(__file__).parent))  # guestlib.py, copied beside it
+from guestlib import SHARE, complete, journal, out, run, save, status, step, wait_health
+
 MODELS = Path("/srv/models")
 SERVER = "/usr/local/bin/llama-server"
 ARGS = ["-c", "256", "-np", "1", "--host", "127.0.0.1"]
 SPREAD_PORT, PINNED_PORT, PLAIN_PORT = 8081, 8082, 8083
-out: dict[str, Any] = {"steps": []}
 
 
-def save() -> None:
-    RESULTS.write_text(json.dumps(out, indent=1))
-
-
-def step(what: str) -> None:
-    print(f"== {time.monotonic():8.1f} s: {what}", flush=True)
-    out["steps"].append(what)
-    save()
-
-
-def run(*argv: str, check: bool = True, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    print(f"$ {' '.join(argv)} -> {r.returncode}\n{r.stdout[-2000:]}{r.stderr[-2000:]}",
-          flush=True)
-    if check and r.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed: {r.returncode}")
-    return r
-
-
-def status() -> dict[str, Any]:
-    r = run("hugepage-agent", "status", "--json", check=False)
-    data: dict[str, Any] = json.loads(r.stdout)
-    data["exit"] = r.returncode
-    data["text"] = run("hugepage-agent", "status", check=False).stdout
-    return data
-
-
-def wait_health(port: int, timeout: float = 900) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                if r.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(2)
-    return False
-
-
-def complete(port: int) -> list[int] | str:
-    body = json.dumps({"prompt": "the", "n_predict": 4, "temperature": 0, "seed": 1,
-                       "cache_prompt": False, "return_tokens": True}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/completion", data=body,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=600) as r:
-            data = json.loads(r.read())
-        return list(data.get("tokens") or []) or str(data.get("content"))
-    except OSError as e:
-        return f"error: {e}"
+def ready(port: int, timeout: float = 900) -> bool:
+    return wait_health(port, timeout) is not None
 
 
 def process(pid: int) -> dict[str, Any]:
@@ -101,13 +51,6 @@ def pools() -> dict[str, dict[str, int]]:
         node = d.split("/")[5].removeprefix("node")
         res[node] = {k: int(Path(f"{d}/{k}_hugepages").read_text()) for k in ("nr", "free")}
     return res
-
-
-def journal(unit: str, since: str = "") -> str:
-    argv = ["journalctl", "-u", unit, "-o", "cat", "--no-pager"]
-    if since:
-        argv += ["--since", since]
-    return run(*argv, check=False).stdout
 
 
 def model_pid(data: dict[str, Any], name: str) -> int:
@@ -146,7 +89,7 @@ numa = 1
     out["dry_run"] = run("hugepage-agent", "apply", "--dry-run", check=False).stdout
     step("start the agent and its models")
     run("systemctl", "restart", "hugepage-agent.service")
-    out["ready"] = {"spread": wait_health(SPREAD_PORT), "pinned": wait_health(PINNED_PORT)}
+    out["ready"] = {"spread": ready(SPREAD_PORT), "pinned": ready(PINNED_PORT)}
     run("hugepage-agent", "status", "--wait", "600", check=False, timeout=700)
     step("both models served")
     data = status()
@@ -165,7 +108,7 @@ numa = 1
     plain = subprocess.Popen([SERVER, "--model", str(MODELS / "spread.gguf"), *ARGS, "--port",
                               str(PLAIN_PORT), "--numa", "distribute", "-t", "4"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out["plain_ready"] = wait_health(PLAIN_PORT)
+    out["plain_ready"] = ready(PLAIN_PORT)
     out["plain"] = process(plain.pid)
     out["plain_completion"] = complete(PLAIN_PORT)
     plain.send_signal(signal.SIGTERM)
@@ -180,7 +123,7 @@ numa = 1
     since = run("date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
     time.sleep(1)
     run("systemctl", "restart", "llama-server@pinned.service", check=False)
-    out["short_ready"] = wait_health(PINNED_PORT)
+    out["short_ready"] = ready(PINNED_PORT)
     time.sleep(3)
     out["short_pools"] = pools()
     out["short_status"] = status()

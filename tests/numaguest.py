@@ -10,8 +10,11 @@ guest writes its output back there.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_MEM_MIB = 1536  # per node
@@ -50,6 +53,23 @@ def command(guest: Path, share: Path) -> list[str]:
              "-display", "none", "-serial", f"file:{share / 'console.log'}",
              "-no-reboot", "-nic", "none"]
     return args
+
+
+def run_scenario(share: Path, scenario: str, timeout: float) -> dict[str, Any]:
+    """Boot the guest once to run tests/`scenario` (with tests/guestlib.py
+    beside it) on what `share` holds; the results it recorded, which must end
+    with the step "done"."""
+    for name, to in ((scenario, "scenario.py"), ("guestlib.py", "guestlib.py")):
+        shutil.copy(REPO / "tests" / name, share / to)
+    (share / "run.sh").write_text("exec python3 /mnt/hpa/scenario.py\n")
+    rc = boot(image(), share, timeout)
+    log = (share / "run.log").read_text() if (share / "run.log").exists() else ""
+    results = share / "results.json"
+    assert results.exists(), f"the guest wrote no results (rc {rc}); its log:\n{log[-4000:]}"
+    data: dict[str, Any] = json.loads(results.read_text())
+    assert rc == 0 and data["steps"][-1] == "done", \
+        f"the scenario stopped at {data['steps'][-1]!r} (rc {rc}):\n{log[-4000:]}"
+    return data
 
 
 def boot(guest: Path, share: Path, timeout: float) -> int:

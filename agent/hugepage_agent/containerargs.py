@@ -66,6 +66,8 @@ class RunSpec:
     user: tuple[int, int] | None = None  # uid, gid; None: the image's user
     groups: tuple[int, ...] = ()  # the user's supplementary groups
     split: bool = True  # podman: the payload in a sub-cgroup of the unit (cgroup v2 only)
+    cpuset: tuple[str, str] | None = None  # a pinned model's CPUs and memory nodes
+    numa_policy: bool = False  # let the wrapper set memory policies (a host of several nodes)
 
 
 def run_argv(spec: RunSpec, runtime_path: str, env: Mapping[str, str],
@@ -84,6 +86,14 @@ def run_argv(spec: RunSpec, runtime_path: str, env: Mapping[str, str],
         argv.append("--replace")
         if spec.split:
             argv.append("--cgroups=split")
+    if spec.cpuset is not None:  # the unit's AllowedCPUs= does not reach docker's containers
+        if spec.cpuset[0]:
+            argv.append(f"--cpuset-cpus={spec.cpuset[0]}")
+        argv.append(f"--cpuset-mems={spec.cpuset[1]}")
+    if spec.numa_policy and spec.runtime == "docker":
+        # Docker's seccomp profile allows mbind and set_mempolicy only with
+        # CAP_SYS_NICE, and the wrapper places every huge page with them
+        argv.append("--cap-add=SYS_NICE")
     if spec.user is not None:
         argv += ["--user", f"{spec.user[0]}:{spec.user[1]}"]
         for g in spec.groups:

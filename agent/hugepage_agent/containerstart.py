@@ -9,7 +9,15 @@ import logging
 import os
 from collections.abc import Mapping
 
-from hugepage_agent import containerargs, imagecheck, preload, runtimes, serveruser, unitfiles
+from hugepage_agent import (
+    containerargs,
+    imagecheck,
+    numanodes,
+    preload,
+    runtimes,
+    serveruser,
+    unitfiles,
+)
 from hugepage_agent.config import Config
 from hugepage_agent.errors import AgentError
 from hugepage_agent.host import Host
@@ -73,7 +81,8 @@ def run_command(host: Host, name: str, mf: ModelFile, added: tuple[str, ...],
         user=(user.uid, user.gid), groups=tuple(sorted(user.groups - {user.gid})),
         # podman splits only on the unified hierarchy; elsewhere (cgroup v1 or
         # hybrid) its payload goes to podman's own cgroup, found by name
-        split=host.exists(CGROUP2_MARK))
+        split=host.exists(CGROUP2_MARK), cpuset=mf.cpuset,
+        numa_policy=numanodes.read_topology(host).multi)
     runtime = runtimes.find(mf.runtime)
     # a container of this name left behind (a crash, a killed unit) would stop
     # docker's run; podman replaces it itself

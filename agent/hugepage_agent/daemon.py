@@ -25,13 +25,13 @@ from typing import Any
 from hugepage_agent import (
     apply,
     config,
-    containerstart,
     modelfiles,
     numanodes,
     pools,
     preload,
     restarts,
     serveruser,
+    startrecord,
     unitfiles,
 )
 from hugepage_agent.config import Config
@@ -118,6 +118,7 @@ class Agent:
         self.cfg: Config | None = None
         self.last: apply.ApplyReport | None = None
         self.reporter = Reporter(host, systemd, lambda: self.cfg)
+        self._refused: dict[str, object] = {}  # model -> the refused start's record time
 
     # -- the work -----------------------------------------------------------
     def start(self) -> apply.ApplyReport:
@@ -133,8 +134,6 @@ class Agent:
         """Start the autostart models not in `already`; one whose file the
         servers' user cannot read is reported instead of started."""
         unreadable = modelfiles.unreadable_models(self.host, cfg)
-        refused = containerstart.refused_images(cfg, find_library(cfg)) \
-            if any(m.image is not None and m.autostart for m in cfg.models) else {}
         for m in cfg.models:
             unit = unitfiles.unit_for(m)
             if not m.autostart or not unit or unit in already:
@@ -144,9 +143,6 @@ class Agent:
                           "file readable by it (chmod o+r, or chgrp %s and chmod g+r), then "
                           "systemctl start %s", m.name, unit, unreadable[m.name],
                           serveruser.SERVER_USER, serveruser.SERVER_USER, unit)
-                continue
-            if m.name in refused:
-                log.error("not starting %s: %s", unit, refused[m.name])
                 continue
             self._start(unit)
 
@@ -193,6 +189,19 @@ class Agent:
         self.shrink_if_freed("after the restarts")
         self.on_change("models")
         return failed
+
+    def say_refusal(self, unit: str) -> None:
+        """A model's image refused at its unit's start (prepare-model checks it
+        there, as root: the agent's own sandbox cannot run a container
+        runtime): why, in the agent's journal too, once per start."""
+        m = next((m for m in (self.cfg.models if self.cfg else ())
+                  if m.image is not None and unitfiles.unit_for(m) == unit), None)
+        record = startrecord.read(self.host, m.name) if m is not None else None
+        if m is None or record is None or not record.get("refused") \
+                or record.get("image") != m.image or self._refused.get(m.name) == record["time"]:
+            return
+        self._refused[m.name] = record["time"]
+        log.error("%s did not start: %s", unit, record["refused"])
 
     def pool_can_shrink(self) -> bool:
         """From the (cached) status: free pages above a pool's target."""
@@ -376,6 +385,7 @@ class Loop:
 
         def on_unit_job_done(unit: str) -> None:
             if agent.is_model_unit(unit):
+                agent.say_refusal(unit)
                 shrink_soon(lambda: agent.shrink_if_freed(f"{unit} stopped or restarted"))
 
         try:

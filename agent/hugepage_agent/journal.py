@@ -26,11 +26,16 @@ def _journalctl(*args: str, timeout: float = 5) -> list[str]:
     return out.splitlines()
 
 
-def wrapper_lines(pid: int, unit: str | None = None) -> list[str]:
-    """The wrapper's lines logged by a process (empty when there is no journal)."""
-    match = [f"_PID={pid}"] + ([f"_SYSTEMD_UNIT={unit}"] if unit else [])
+def wrapper_lines(pid: int, unit: str | None = None, own_pid: int | None = None) -> list[str]:
+    """The wrapper's lines logged by a process (empty when there is no journal).
+    `own_pid`: the pid the process knows itself by, in a container's pid
+    namespace (the wrapper prints that one, and the runtime's client, not the
+    process, hands its lines to the unit's journal)."""
+    said = own_pid if own_pid is not None else pid
+    match = ([f"_PID={pid}"] if said == pid or not unit else []) + \
+        ([f"_SYSTEMD_UNIT={unit}"] if unit else [])
     return [line for line in _journalctl("-o", "cat", *match)
-            if line.startswith(f"{PREFIX}{pid}]")]
+            if line.startswith(f"{PREFIX}{said}]")]
 
 
 def unit_tail(unit: str, invocation: str, lines: int) -> tuple[str, ...]:

@@ -58,9 +58,10 @@ def render_all(cfg: Config, library: str,
     for i, m in enumerate(cfg.models):
         if m.kind == "container":
             continue  # the operator runs it: `hugepage-agent compose NAME` prints its override
+        pinned = numanodes.cpuset(m, topo) if topo else None
         try:
             out[unitfiles.dropin_path(unitfiles.unit_for(m))] = unitfiles.render_dropin(
-                m, model_env(env, m), numanodes.cpuset(m, topo) if topo else None)
+                m, model_env(env, m), pinned)
         except unitfiles.UnsafeValue as e:
             raise ConfigError(cfg.origin("wrapper.library"), f"model[{i}]",
                               f"cannot be written into a unit file: {e}") from e
@@ -69,7 +70,8 @@ def render_all(cfg: Config, library: str,
                                      loadmode.server_binary(cfg.server.binary, m.image), m.path,
                                      m.args, cfg.wrapper.min_size)
             out[unitfiles.model_file(m.name)] = unitfiles.render_model_file(
-                m, cfg.server.binary if m.image is None else "", lm, cfg.server.page_cache)
+                m, cfg.server.binary if m.image is None else "", lm, cfg.server.page_cache,
+                cpuset=pinned)
         else:
             out[unitfiles.model_file(m.name)] = unitfiles.render_own_unit_file(m)
     try:

@@ -46,6 +46,32 @@ def cgroup_pids(host: Host, control_group: str) -> list[int]:
     return []
 
 
+def own_pid(host: Host, pid: int) -> int:
+    """The pid a process has in its own pid namespace (a container's), from
+    the last NSpid field of its status; `pid` when it cannot be told."""
+    try:
+        text = host.read_optional(f"/proc/{pid}/status") or ""
+    except HostError:
+        return pid
+    for line in text.splitlines():
+        if line.startswith("NSpid:"):
+            fields = line.split()[1:]
+            return int(fields[-1]) if fields and fields[-1].isdigit() else pid
+    return pid
+
+
+def unified_cgroup(host: Host, pid: int) -> str | None:
+    """A process's control group on the unified hierarchy (its "0::" line)."""
+    try:
+        text = host.read_optional(f"/proc/{pid}/cgroup") or ""
+    except HostError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip() or None
+    return None
+
+
 def comm(host: Host, pid: int) -> str:
     try:
         return (host.read_optional(f"/proc/{pid}/comm") or "").strip()

@@ -140,16 +140,17 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
         "numa": None, "container": None, "verdict": "unknown",
     }
     servers, unit_state = _find_servers(host, m, systemd, entry, cfg.wrapper.alloc_min_size)
+    refused = _refused(host, m, unit_state)
+    if refused is not None:  # what its unit runs is the check again, or nothing
+        entry["pid"], entry["verdict"] = None, f"refused: {refused}"
+        problems.append(f"model {m.name}: {entry['verdict']}")
+        return entry
     pid = servers[0][0] if servers else 0
     if pid:
         entry["pid"] = pid
         entry["load_mode"]["at_start"] = _start_choice(host, m, pid)
     if not pid:
-        refused = _refused(host, m, unit_state)
-        if refused is not None:
-            entry["verdict"] = f"refused: {refused}"
-            problems.append(f"model {m.name}: {entry['verdict']}")
-        elif systemd is None and m.kind != "container":
+        if systemd is None and m.kind != "container":
             entry["verdict"] = "unknown: systemd not reachable, no process holds the model"
         elif entry["verdict"] == "unknown":
             entry["verdict"] = "not running"
@@ -194,8 +195,9 @@ def _model_entry(host: Host, cfg: Config, m: ModelConfig,
 
 def _refused(host: Host, m: ModelConfig, unit_state: UnitState | None) -> str | None:
     """Why the last start of a model's container was refused (its image),
-    while its unit is not running."""
-    if m.kind != "image" or (unit_state is not None and unit_state.active_state == "active"):
+    while its unit runs no server: failed, or trying again (systemd restarts it
+    a few times, each start checking the image anew)."""
+    if m.kind != "image" or (unit_state is not None and unit_state.sub_state == "running"):
         return None
     record = startrecord.read(host, m.name)
     if record is None or record.get("image") != m.image or not record.get("refused"):
@@ -306,9 +308,13 @@ def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: Mo
         # it cannot split (cgroup v1): ask the runtime
         cpid = _container_pid(m, entry)
         if cpid:
-            pids = sorted({*pids, cpid})
+            # the container's processes: those of its own cgroup (not the
+            # runtime's client or conmon in the unit's)
+            group_of = procs.unified_cgroup(host, cpid)
+            pids = (procs.cgroup_pids(host, group_of) if group_of not in (None, "/") else []) \
+                or [cpid]
+            pid = cpid  # the model's pid: the container's server
             if m.kind == "container":
-                pid = cpid
                 entry["active"], entry["state"] = True, f"running (container {m.container})"
                 entry["main_pid"] = cpid
     path = served_path(host, m, pid)
@@ -367,7 +373,8 @@ def _verdict(host: Host, m: ModelConfig, cov: coverage.Coverage, entry: ModelEnt
                    f"fell back: {amounts.human_bytes(cov.fallback_bytes)} of large allocations "
                    "in 4 KiB pages")
         reason = journal.fallback_reason(
-            journal.wrapper_lines(pid, entry["unit"] if entry["state"] else None), m.path) \
+            journal.wrapper_lines(pid, entry["unit"] if entry["state"] else None,
+                                  procs.own_pid(host, pid)), m.path) \
             if host.is_real else None
         return verdict + (f" ({reason})" if reason else "")
     if dead > used * 0.01:

@@ -28,6 +28,7 @@ UNIT_DIR = "/etc/systemd/system"
 MODEL_DIR = consts.MODEL_DIR
 GENERATED = consts.GENERATED
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+NODE_LIST_RE = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*")  # "0-3,8": CPUs or nodes
 
 
 class UnsafeValue(ValueError):
@@ -137,9 +138,11 @@ def render_own_unit_file(model: ModelConfig) -> str:
 
 
 def render_model_file(model: ModelConfig, binary: str, load: LoadMode | None = None,
-                      page_cache: str = "drop") -> str:
+                      page_cache: str = "drop", cpuset: tuple[str, str] | None = None) -> str:
     """`load`: how the agent has the server load the weights; the arguments it
-    adds are chosen at each start (`hugepage-agent prepare-model`)."""
+    adds are chosen at each start (`hugepage-agent prepare-model`). `cpuset`:
+    the CPUs and memory nodes of a pinned model, which a container outside the
+    unit's cgroup (docker's) is given itself."""
     data: dict[str, object] = {
         "generated_by": f"hugepage-agent {__version__}",
         "name": model.name,
@@ -151,6 +154,8 @@ def render_model_file(model: ModelConfig, binary: str, load: LoadMode | None = N
         data["image"] = model.image
         data["runtime"] = image_runtime(model)
         data["runtime_args"] = list(model.runtime_args)
+        if cpuset is not None:
+            data["cpuset"] = list(cpuset)
     if load is not None:
         data["load"] = {"mode": load.mode, "chosen_by": load.chosen_by,
                         "uncached": list(load.added),
@@ -171,6 +176,7 @@ class ModelFile:
     image: str | None = None  # llama-container@NAME runs it from this image
     runtime: str = "podman"
     runtime_args: tuple[str, ...] = ()
+    cpuset: tuple[str, str] | None = None  # a pinned model's CPUs and memory nodes
 
 
     def argv(self, added: Sequence[str] = ()) -> list[str]:
@@ -195,8 +201,12 @@ def parse_model_file(text: str) -> ModelFile:
         raise ValueError("malformed model file")
     image = data.get("image")
     runtime, runtime_args = data.get("runtime", "podman"), data.get("runtime_args", [])
+    cpuset = data.get("cpuset")
     if image is not None and not (isinstance(image, str) and runtime in ("podman", "docker")
-                                  and _strings(runtime_args)):
+                                  and _strings(runtime_args)
+                                  and (cpuset is None or (_strings(cpuset) and len(cpuset) == 2
+                                                          and all(NODE_LIST_RE.fullmatch(c)
+                                                                  for c in cpuset)))):
         raise ValueError("malformed image section")
     load = None
     page_cache = "drop"
@@ -212,7 +222,8 @@ def parse_model_file(text: str) -> ModelFile:
                         evidence=str(raw.get("evidence", "")))
         page_cache = raw.get("page_cache", "drop")
     return ModelFile(binary, path, tuple(args), load, page_cache, image=image, runtime=runtime,
-                     runtime_args=tuple(runtime_args))
+                     runtime_args=tuple(runtime_args),
+                     cpuset=(cpuset[0], cpuset[1]) if cpuset else None)
 
 
 def model_argv(text: str) -> list[str]:

@@ -37,7 +37,6 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module")
 def guest(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    image = numaguest.image()
     server = numaguest.portable_server()
     share = tmp_path_factory.mktemp("container-guest")
     shutil.copy(next(dist.glob("*.deb")), share / "hugepage-agent.deb")
@@ -45,16 +44,7 @@ def guest(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
     shutil.copy(ggufmodel.cached(SHAPE), share / "model.gguf")
     for suite in SUITES:
         images.with_server(images.base(suite), server, share / f"image-{suite}.tar")
-    shutil.copy(Path(__file__).parents[1] / "guest_container_scenario.py", share / "scenario.py")
-    (share / "run.sh").write_text("exec python3 /mnt/hpa/scenario.py\n")
-    rc = numaguest.boot(image, share, timeout=2400)
-    log = (share / "run.log").read_text() if (share / "run.log").exists() else ""
-    results = share / "results.json"
-    assert results.exists(), f"the guest wrote no results (rc {rc}); its log:\n{log[-4000:]}"
-    data: dict[str, Any] = json.loads(results.read_text())
-    assert rc == 0 and data["steps"][-1] == "done", \
-        f"the scenario stopped at {data['steps'][-1]!r} (rc {rc}):\n{log[-4000:]}"
-    return data
+    return numaguest.run_scenario(share, "guest_container_scenario.py", timeout=2400)
 
 
 def model(status: dict[str, Any], name: str) -> dict[str, Any]:
@@ -107,6 +97,17 @@ def test_podman_puts_the_server_in_its_units_cgroup(guest: dict[str, Any]) -> No
     mounts = {m["Destination"]: m for m in inspect["Mounts"]}
     assert mounts["/models/pod.gguf"]["RW"] is False
     assert mounts["/opt/hugepage-agent/libhugepage-wrapper.so"]["RW"] is False
+
+
+@pytest.mark.parametrize("name", ["pod", "dock"])
+def test_the_agents_containers_place_their_pages_on_both_nodes(guest: dict[str, Any],
+                                                               name: str) -> None:
+    """numa = "auto" on two nodes, the server's CPUs on both: interleaved, as on
+    the host (docker's seccomp needs CAP_SYS_NICE for it, which the agent adds
+    on hosts of several nodes)."""
+    numa = model(guest["status"], name)["numa"]
+    assert numa["policies"] == ["interleave:0-1"], numa
+    assert all(b > 60 * MIB for b in numa["node_bytes"].values()), numa
 
 
 def test_docker_runs_the_image_unprivileged(guest: dict[str, Any]) -> None:

@@ -8,7 +8,6 @@ One boot serves every test of the module (about 5 minutes under TCG)."""
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -32,22 +31,11 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module")
 def guest(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    image = numaguest.image()
-    server = numaguest.portable_server()
     share = tmp_path_factory.mktemp("numa-guest")
     shutil.copy(next(dist.glob("*.deb")), share / "hugepage-agent.deb")
-    shutil.copy(server, share / "llama-server")
+    shutil.copy(numaguest.portable_server(), share / "llama-server")
     shutil.copy(ggufmodel.cached(SHAPE), share / "model.gguf")
-    shutil.copy(Path(__file__).parents[1] / "guest_numa_scenario.py", share / "scenario.py")
-    (share / "run.sh").write_text("exec python3 /mnt/hpa/scenario.py\n")
-    rc = numaguest.boot(image, share, timeout=1800)
-    log = (share / "run.log").read_text() if (share / "run.log").exists() else ""
-    results = share / "results.json"
-    assert results.exists(), f"the guest wrote no results (rc {rc}); its log:\n{log[-4000:]}"
-    data: dict[str, Any] = json.loads(results.read_text())
-    assert rc == 0 and data["steps"][-1] == "done", \
-        f"the scenario stopped at {data['steps'][-1]!r} (rc {rc}):\n{log[-4000:]}"
-    return data
+    return numaguest.run_scenario(share, "guest_numa_scenario.py", timeout=1800)
 
 
 def huge_by_node(numa_maps: str) -> dict[int, int]:

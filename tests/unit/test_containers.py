@@ -176,3 +176,40 @@ def test_compose_prints_the_override(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["compose", "--config", str(f), "cpu0"]) == 2
     assert "has no container" in capsys.readouterr().err
     assert os.path.exists(MODEL_PATH)
+
+
+def test_a_containers_server_is_known_by_its_own_pid_in_its_log_lines(tmp_path: Path) -> None:
+    from hugepage_agent import procs
+
+    for pid, nspid in ((4242, "NSpid:\t4242\t1"), (77, "NSpid:\t77"), (5, "Name:\tx")):
+        d = tmp_path / "proc" / str(pid)
+        d.mkdir(parents=True)
+        (d / "status").write_text(f"Name:\tllama-server\n{nspid}\n")
+    host = Host(str(tmp_path))
+    assert procs.own_pid(host, 4242) == 1  # the server is PID 1 of its container
+    assert procs.own_pid(host, 77) == 77
+    assert procs.own_pid(host, 5) == 5 and procs.own_pid(host, 6) == 6
+
+
+def test_a_pinned_model_in_docker_gets_its_cpuset_and_may_place_its_pages() -> None:
+    spec = dataclasses.replace(SPEC, runtime="docker", cpuset=("2-3", "1"), numa_policy=True)
+    argv = containerargs.run_argv(spec, "/usr/bin/docker", {})
+    opts = argv[:argv.index(spec.image)]
+    assert "--cpuset-cpus=2-3" in opts and "--cpuset-mems=1" in opts
+    assert "--cap-add=SYS_NICE" in opts  # docker's seccomp: mbind needs it
+    one_node = containerargs.run_argv(dataclasses.replace(spec, numa_policy=False, cpuset=None),
+                                      "/usr/bin/docker", {})
+    assert not any(a.startswith(("--cap-add", "--cpuset")) for a in one_node)
+    podman = containerargs.run_argv(dataclasses.replace(spec, runtime="podman"), "podman", {})
+    assert "--cap-add=SYS_NICE" not in podman  # podman's profile allows the policy calls
+
+
+def test_the_model_file_carries_a_pinned_models_cpuset() -> None:
+    m = ModelConfig(name="m", path="/srv/m.gguf", size=1, image="i", numa="nodes",
+                    numa_nodes=(1,))
+    mf = unitfiles.parse_model_file(unitfiles.render_model_file(m, "", cpuset=("2-3", "1")))
+    assert mf.cpuset == ("2-3", "1")
+    bad = json.loads(unitfiles.render_model_file(m, "", cpuset=("2-3", "1")))
+    bad["cpuset"] = ["2-3; rm", "1"]
+    with pytest.raises(ValueError):
+        unitfiles.parse_model_file(json.dumps(bad))

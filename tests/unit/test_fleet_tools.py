@@ -120,13 +120,15 @@ def test_bash_completion_offers_commands_options_and_model_names(tmp_path: Path)
         (tmp_path / f"{name}.json").write_text("{}")
     assert complete("hugepage-agent ", tmp_path) == sorted(
         ["apply", "status", "exec", "daemon", "reload", "release", "purge-files", "run-model",
-         "prepare-model", "--version", "--help"])
+         "prepare-model", "run-container", "remove-container", "compose", "--version", "--help"])
     assert complete("hugepage-agent st", tmp_path) == ["status"]
     assert complete("hugepage-agent status --", tmp_path) == sorted(
         ["--json", "--wait", "--prometheus", "--config", "--root", "--verbose", "--help"])
     assert complete("hugepage-agent apply --d", tmp_path) == ["--dry-run"]
     assert complete("hugepage-agent run-model q", tmp_path) == ["q4", "qwen3-30b"]
     assert complete("hugepage-agent run-model ", tmp_path) == ["q4", "qwen3-30b", "tiny"]
+    assert complete("hugepage-agent compose q", tmp_path) == ["q4", "qwen3-30b"]
+    assert complete("hugepage-agent run-container --v", tmp_path) == ["--verbose"]
 
 
 def test_metrics_of_several_models_come_one_group_per_metric() -> None:
