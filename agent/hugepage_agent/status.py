@@ -13,7 +13,7 @@ import os
 from hugepage_agent import (
     __version__,
     amounts,
-    containerargs,
+    containerfind,
     coverage,
     execwrap,
     footprint,
@@ -26,8 +26,6 @@ from hugepage_agent import (
     pools,
     preload,
     procs,
-    runtimes,
-    serverargs,
     startrecord,
     thp,
     unitfiles,
@@ -206,41 +204,17 @@ def _refused(host: Host, m: ModelConfig, unit_state: UnitState | None) -> str | 
 
 
 def _container_pid(m: ModelConfig, entry: ModelEntry) -> int:
-    """The pid of the server in the model's container (0: none running), from
-    the runtime (`inspect`): the operator's container, or a docker-run image."""
-    if m.kind == "image":
-        name, candidates = containerargs.container_name(m.name), [unitfiles.image_runtime(m)]
-    else:
-        name = m.container or ""
-        candidates = [m.runtime] if m.runtime else ["docker", "podman"]
-    errors = []
-    for runtime in candidates:
-        try:
-            pid = runtimes.container_pid(runtime, name)
-        except AgentError as e:
-            errors.append(str(e))
-            continue
-        if pid:
-            entry["container"] = {"runtime": runtime, "name": name, "pid": pid}
-            return pid
+    """The pid of the server in the model's container (0: none running)."""
+    found, errors = containerfind.find(m)
+    if found is not None:
+        entry["container"] = {"runtime": found.runtime, "name": found.name, "pid": found.pid}
+        return found.pid
     if m.kind == "container":
-        if len(errors) < len(candidates):
-            entry["state"] = f"container {name} not running"
+        if not errors or len(errors) < (1 if m.runtime else 2):
+            entry["state"] = f"container {containerfind.container_name(m)} not running"
         else:  # no runtime could be asked: not installed, daemon down, not root
             entry["state"] = entry["verdict"] = f"unknown: {'; '.join(errors)}"
     return 0
-
-
-def served_path(host: Host, m: ModelConfig, pid: int) -> str:
-    """The model file as its server opened it: in a container, where it is
-    mounted (the image's: fixed; the operator's: its --model)."""
-    if m.kind == "image":
-        return containerargs.model_path(m.path)
-    if m.kind == "container" and pid:
-        with contextlib.suppress(HostError):
-            cmd = (host.read_optional(f"/proc/{pid}/cmdline") or "").split("\0")
-            return serverargs.value(cmd[1:], "-m", "--model") or m.path
-    return m.path
 
 
 def pending_changes(host: Host, cfg: Config, m: ModelConfig,
@@ -317,7 +291,7 @@ def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: Mo
             if m.kind == "container":
                 entry["active"], entry["state"] = True, f"running (container {m.container})"
                 entry["main_pid"] = cpid
-    path = served_path(host, m, pid)
+    path = containerfind.served_path(host, m, pid)
     covs = {p: coverage.read_coverage(host, p, path, large) for p in pids}
     for keep in (coverage.large, lambda c: c.wrapper_loaded):
         found = [(p, c) for p, c in covs.items() if c is not None and keep(c)]
