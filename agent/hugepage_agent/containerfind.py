@@ -12,6 +12,12 @@ from hugepage_agent.config import ModelConfig
 from hugepage_agent.errors import AgentError, HostError
 from hugepage_agent.host import Host
 
+# The container runtimes' own processes: in a unit's cgroup beside the server
+# (podman's --cgroups=split puts its client, conmon and the payload there),
+# never servers, though a Go client maps large memory.
+RUNTIME_COMMS = frozenset({"podman", "conmon", "docker", "runc", "crun", "catatonit",
+                           "docker-init", "containerd-shim", "containerd-shim-runc-v2"})
+
 
 class Found(NamedTuple):
     runtime: str  # podman or docker

@@ -291,6 +291,8 @@ def _find_servers(host: Host, m: ModelConfig, systemd: Systemd | None, entry: Mo
             if m.kind == "container":
                 entry["active"], entry["state"] = True, f"running (container {m.container})"
                 entry["main_pid"] = cpid
+    if m.kind == "image":  # of the unit's processes, not the runtime's own
+        pids = [p for p in pids if procs.comm(host, p) not in containerfind.RUNTIME_COMMS]
     path = containerfind.served_path(host, m, pid)
     covs = {p: coverage.read_coverage(host, p, path, large) for p in pids}
     for keep in (coverage.large, lambda c: c.wrapper_loaded):

@@ -107,7 +107,10 @@ def test_the_agents_containers_place_their_pages_on_both_nodes(guest: dict[str, 
     on hosts of several nodes)."""
     numa = model(guest["status"], name)["numa"]
     assert numa["policies"] == ["interleave:0-1"], numa
-    assert all(b > 60 * MIB for b in numa["node_bytes"].values()), numa
+    # both nodes hold its pages (how many depends on what the other models,
+    # started at the same time, left free on each node's pool)
+    assert set(numa["node_bytes"]) == {"0", "1"}, numa
+    assert all(b > 0 for b in numa["node_bytes"].values()), numa
 
 
 def test_docker_runs_the_image_unprivileged(guest: dict[str, Any]) -> None:
