@@ -25,6 +25,7 @@ APT_PACKAGES=(
     ansible ansible-lint  # the fleet role, its test (nsenter connection) and lint
     podman runc  # the image check and the container benchmark on this host (crun
                  # refuses the hybrid cgroups of these machines; runc does not)
+    musl-tools   # a musl program, for the image check's Alpine-like image
 )
 PIP_PACKAGES=(
     "pytest>=7"

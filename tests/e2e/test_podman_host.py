@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,45 @@ def test_an_image_with_an_older_glibc_is_refused_naming_both_versions(
                                  "glibc 2.31 (")
     assert "needs glibc 2.3" in refused[0] and "the agent will not start its unit" in refused[0]
     assert containers() == before  # the check's containers were created and removed
+
+
+MUSL_LIBC = Path("/usr/lib/x86_64-linux-musl/libc.so")
+
+
+@pytest.mark.skipif(shutil.which("musl-gcc") is None or not MUSL_LIBC.exists(),
+                    reason="musl-tools is not installed (scripts/deps.sh installs it)")
+def test_a_musl_image_is_refused_before_it_starts(wrapper_build: Path, model: Path,
+                                                  tmp_path: Path) -> None:
+    """An Alpine-like image: musl's loader and a program built against it as the
+    entrypoint (no registry here: built from Debian's musl-tools)."""
+    src = tmp_path / "server.c"
+    src.write_text('#include <stdio.h>\nint main(void) { puts("llama"); return 0; }\n')
+    binary = tmp_path / "llama-server"
+    subprocess.run(["musl-gcc", "-o", str(binary), str(src)], check=True)
+    tarball = tmp_path / "musl.tar"
+    with tarfile.open(tarball, "w") as tar:
+        for path, mode in (("./lib", 0o755), ("./app", 0o755), ("./tmp", 0o1777)):
+            d = tarfile.TarInfo(path)
+            d.type, d.mode = tarfile.DIRTYPE, mode
+            tar.addfile(d)
+        tar.add(MUSL_LIBC, "./lib/ld-musl-x86_64.so.1")
+        tar.add(binary, "./app/llama-server")
+    ref = f"{IMAGE}:musl"
+    images.import_image("podman", tarball, ref)
+    try:
+        runs = podman("run", "--rm", *RLIMITS, ref)
+        assert runs.returncode == 0 and runs.stdout == "llama\n"  # the image itself works
+        preloaded = podman("run", "--rm", *RLIMITS, "-v", f"{LIBRARY}:{containerargs.LIBRARY}:ro",
+                           "-e", f"LD_PRELOAD={containerargs.LIBRARY}", ref)
+        assert preloaded.returncode != 0  # what the refusal spares the operator
+        cfg = write_config(tmp_path, f'[[model]]\nname = "alpine"\npath = "{model}"\n'
+                           f'image = "{ref}"\n')
+        r = agent("apply", "--dry-run", "--config", str(cfg))
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"error: model alpine: image {ref} runs with musl libc " \
+               "(/lib/ld-musl-x86_64.so.1)" in r.stdout, r.stdout
+    finally:
+        podman("rmi", "-f", ref)
 
 
 @pytest.fixture
