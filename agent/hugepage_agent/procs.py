@@ -46,30 +46,26 @@ def cgroup_pids(host: Host, control_group: str) -> list[int]:
     return []
 
 
+def _proc_line(host: Host, pid: int, name: str, prefix: str) -> str | None:
+    """The rest of the first line of /proc/PID/NAME that starts with `prefix`."""
+    try:
+        text = host.read_optional(f"/proc/{pid}/{name}") or ""
+    except HostError:  # another user's, or gone
+        return None
+    return next((line[len(prefix):] for line in text.splitlines() if line.startswith(prefix)),
+                None)
+
+
 def own_pid(host: Host, pid: int) -> int:
     """The pid a process has in its own pid namespace (a container's), from
     the last NSpid field of its status; `pid` when it cannot be told."""
-    try:
-        text = host.read_optional(f"/proc/{pid}/status") or ""
-    except HostError:
-        return pid
-    for line in text.splitlines():
-        if line.startswith("NSpid:"):
-            fields = line.split()[1:]
-            return int(fields[-1]) if fields and fields[-1].isdigit() else pid
-    return pid
+    fields = (_proc_line(host, pid, "status", "NSpid:") or "").split()
+    return int(fields[-1]) if fields and fields[-1].isdigit() else pid
 
 
 def unified_cgroup(host: Host, pid: int) -> str | None:
     """A process's control group on the unified hierarchy (its "0::" line)."""
-    try:
-        text = host.read_optional(f"/proc/{pid}/cgroup") or ""
-    except HostError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("0::"):
-            return line[3:].strip() or None
-    return None
+    return (_proc_line(host, pid, "cgroup", "0::") or "").strip() or None
 
 
 def comm(host: Host, pid: int) -> str:
