@@ -398,7 +398,7 @@ def _cmd_remove_container(args: argparse.Namespace, host: Host) -> int:
 
 
 def _cmd_compose(args: argparse.Namespace, host: Host) -> int:
-    from hugepage_agent import containerargs, execwrap, footprint, loadmode
+    from hugepage_agent import containerargs, execwrap, footprint, loadmode, numanodes
 
     cfg = config.load(host, args.config)
     found = [m for m in cfg.models if args.name in (m.name, m.container)]
@@ -413,7 +413,8 @@ def _cmd_compose(args: argparse.Namespace, host: Host) -> int:
     lm = footprint.load_mode(cfg.server.load_mode, loadmode.server_binary(
         cfg.server.binary, m.container), m.path, m.args, cfg.wrapper.min_size)
     print(containerargs.compose_override(m.container, m.name, library, env,
-                                         added=lm.added, args=m.args),
+                                         added=lm.added, args=m.args,
+                                         numa_policy=numanodes.read_topology(host).multi),
           end="")
     return EXIT_OK
 

@@ -121,10 +121,12 @@ def check_path(path: str) -> str | None:
 
 
 def compose_override(service: str, model: str, library: str, env: Mapping[str, str], *,
-                     added: Sequence[str] = (), args: Sequence[str] = ()) -> str:
+                     added: Sequence[str] = (), args: Sequence[str] = (),
+                     numa_policy: bool = False) -> str:
     """A docker-compose.override.yml for an existing service: the library
     mounted read-only, LD_PRELOAD and the wrapper's settings in its
-    environment, and the load mode's arguments: in `command:` when the model's
+    environment, CAP_SYS_NICE on a host of several NUMA nodes (`numa_policy`),
+    and the load mode's arguments: in `command:` when the model's
     args are the service's whole command line (they name --model), else in a
     comment (the service's own command is the operator's). JSON strings are
     YAML strings."""
@@ -136,6 +138,10 @@ def compose_override(service: str, model: str, library: str, env: Mapping[str, s
              f"      - {json.dumps(f'{library}:{LIBRARY}:ro')}", "    environment:"]
     for key, value in sorted(container_env(env).items()):
         lines.append(f"      {key}: {json.dumps(value)}")
+    if numa_policy:  # as run_argv gives docker's containers on such hosts
+        lines += ["    # Several NUMA nodes: Docker's seccomp profile lets the wrapper place",
+                  "    # its pages (mbind, set_mempolicy) only with CAP_SYS_NICE.",
+                  '    cap_add: ["SYS_NICE"]']
     if added and any(a in ("-m", "--model") or a.startswith("--model=") for a in args):
         lines.append(f"    command: {json.dumps([*added, *args])}")
     elif added:

@@ -99,12 +99,12 @@ def test_podman_puts_the_server_in_its_units_cgroup(guest: dict[str, Any]) -> No
     assert mounts["/opt/hugepage-agent/libhugepage-wrapper.so"]["RW"] is False
 
 
-@pytest.mark.parametrize("name", ["pod", "dock"])
-def test_the_agents_containers_place_their_pages_on_both_nodes(guest: dict[str, Any],
-                                                               name: str) -> None:
+@pytest.mark.parametrize("name", ["pod", "dock", "cpu0"])
+def test_each_container_places_its_pages_on_both_nodes(guest: dict[str, Any],
+                                                       name: str) -> None:
     """numa = "auto" on two nodes, the server's CPUs on both: interleaved, as on
     the host (docker's seccomp needs CAP_SYS_NICE for it, which the agent adds
-    on hosts of several nodes)."""
+    on hosts of several nodes, and the compose override asks for)."""
     numa = model(guest["status"], name)["numa"]
     assert numa["policies"] == ["interleave:0-1"], numa
     # both nodes hold its pages (how many depends on what the other models,
@@ -126,6 +126,7 @@ def test_the_compose_override_is_what_the_service_needed(guest: dict[str, Any]) 
     override = guest["compose_override"]
     assert override["rc"] == 0, override["stderr"]
     assert "/opt/hugepage-agent/libhugepage-wrapper.so:ro" in override["stdout"]
+    assert 'cap_add: ["SYS_NICE"]' in override["stdout"]  # two nodes
     assert guest["compose_up"]["rc"] == 0, guest["compose_up"]["stderr"]
     inspect = json.loads(guest["inspect"]["cpu0"]["stdout"])[0]
     env = dict(e.split("=", 1) for e in inspect["Config"]["Env"])

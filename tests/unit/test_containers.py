@@ -123,6 +123,10 @@ def test_the_compose_override_is_yaml_and_names_the_library() -> None:
         import yaml  # Debian's python3-yaml, where present
     except ImportError:
         return
+    assert "cap_add" not in full
+    several = containerargs.compose_override("s", "m", "/l.so", ENV, numa_policy=True)
+    assert 'cap_add: ["SYS_NICE"]' in several
+    assert yaml.safe_load(several)["services"]["s"]["cap_add"] == ["SYS_NICE"]
     doc = yaml.safe_load(full)
     svc = doc["services"]["s"]
     assert svc["volumes"] == [f"/l.so:{containerargs.LIBRARY}:ro"]
