@@ -26,20 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 from tests import ggufmodel, images
 from tests.conftest import LIBRARY
 from tests.llama import REPO, Server, agent_cmd, free_port, llama_bin
 
-from bench.llama_e2e import status_kb, warm
+from bench.llama_e2e import machine, status_kb, warm
 from bench.ready_time import GIB, NR, SYSCTL, agent, drop_caches
 
 sys.path.insert(0, str(REPO / "agent"))
@@ -75,20 +72,6 @@ def container_argv(model: Path, port: int, plain: bool, llama: Path) -> list[str
     return containerargs.run_argv(spec, "podman", env, choice.args)
 
 
-def ready(port: int, proc: subprocess.Popen[bytes], t0: float, log: Path) -> float:
-    while time.monotonic() < t0 + 600:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return time.monotonic() - t0
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError("not ready")
-
-
 def pid_of(container: str) -> int:
     r = subprocess.run(["podman", "inspect", "--format", "{{.State.Pid}}", container],
                        capture_output=True, text=True, check=True)
@@ -109,11 +92,10 @@ def start(who: str, model: Path, llama: Path, cfg: Path, log: Path) -> dict[str,
     port = free_port()
     argv = container_argv(model, port, who == CT_PLAIN, llama)
     name = argv[argv.index("--name") + 1]
-    t0 = time.monotonic()
     with open(log, "wb") as f:
         proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT)
     try:
-        secs = ready(port, proc, t0, log)
+        secs = Server.running(proc, port, log).wait_ready(600)
         return {"ready": secs, **memory(pid_of(name))}
     finally:
         subprocess.run(["podman", "stop", "-t", "10", name], capture_output=True, check=False)
@@ -135,9 +117,7 @@ def main() -> int:
     saved = NR.read_text().strip()
     saved_sysctl = SYSCTL.read_text() if SYSCTL.exists() else None
     tmp = Path(tempfile.mkdtemp())
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), "?")
-    print(f"Machine: {cpu}, {os.cpu_count()} CPUs, kernel {platform.release()}")
+    print(machine())
     images.import_image("podman", images.with_server(images.base("bookworm"), llama,
                                                      tmp / "image.tar"), IMAGE)
     cfg = tmp / "agent.toml"

@@ -108,6 +108,13 @@ def huge_read(pid: int, model: Path, dead: int) -> int:
     return total - min(copy, dead)
 
 
+def machine() -> str:
+    """The line each benchmark opens with: what it ran on."""
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), "?")
+    return f"Machine: {cpu}, {os.cpu_count()} CPUs, kernel {platform.release()}"
+
+
 def warm(path: Path) -> None:
     with open(path, "rb") as f:
         while f.read(64 << 20):
@@ -250,9 +257,7 @@ def main() -> int:
     subprocess.run(["make", "-s", "-C", str(REPO / "wrapper_c"), "all"], check=True)
     bins = llama_bin()
     saved = NR.read_text().strip()
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), "?")
-    print(f"Machine: {cpu}, {os.cpu_count()} CPUs, kernel {platform.release()}")
+    print(machine())
     tmp = Path(tempfile.mkdtemp())
     try:
         for qtype in args.types.split(","):

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from pathlib import Path
 from tests import ggufmodel
 from tests.llama import REPO, Server, agent_cmd, agent_env, llama_bin
 
-from bench.llama_e2e import cached_bytes, status_kb, warm
+from bench.llama_e2e import cached_bytes, machine, status_kb, warm
 
 NR = Path("/proc/sys/vm/nr_hugepages")
 SYSCTL = Path("/etc/sysctl.d/80-hugepage-agent.conf")
@@ -182,9 +181,7 @@ def main() -> int:
     llama = llama_bin() / "llama-server"
     saved = NR.read_text().strip()
     saved_sysctl = SYSCTL.read_text() if SYSCTL.exists() else None
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), "?")
-    print(f"Machine: {cpu}, {os.cpu_count()} CPUs, kernel {platform.release()}")
+    print(machine())
     tmp = Path(tempfile.mkdtemp())
     try:
         for qtype in args.types.split(","):
