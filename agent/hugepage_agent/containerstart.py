@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from hugepage_agent import (
     containerargs,
@@ -28,33 +29,46 @@ log = logging.getLogger(__name__)
 CGROUP2_MARK = "/sys/fs/cgroup/cgroup.controllers"  # the unified hierarchy is mounted there
 
 
-def image_problem(name: str, runtime: str, image: str, model: str,
-                  library: str | None) -> str | None:
-    """Why model `name`'s container must not start: its image is not in the
-    runtime's local store, or the wrapper library (None: none preloaded) would
-    not load into its server (the two glibc versions named), or a path cannot
-    be mounted; None when it may."""
-    why = containerargs.check_path(model)
-    if why is None and library is not None:
-        why = containerargs.check_path(library)
+class ImageCheck(NamedTuple):
+    image_id: str | None  # None: not in the runtime's local store
+    refused: str | None  # why the container must not start, naming the model
+
+
+def check_image(name: str, runtime: str, image: str, model: str,
+                library: str | None) -> ImageCheck:
+    """Whether model `name`'s container may start: not when its image is not
+    in the runtime's local store, or the wrapper library (None: none
+    preloaded) would not load into its server (the two glibc versions named),
+    or a path cannot be mounted."""
+    image_id = None
+    why = _mount_problem(model, library)
     if why is None:
         try:
-            if library is None:
-                runtimes.image_info(runtime, image)  # raises when the image is not local
-            else:
-                why = imagecheck.problem(runtime, image, library)
+            image_id, argv = runtimes.image_info(runtime, image)  # raises when not local
+            if library is not None:
+                why = imagecheck.problem(runtime, image, library, argv)
         except AgentError as e:
             why = str(e)
-    return f"model {name}: {why}" if why is not None else None
+    return ImageCheck(image_id, f"model {name}: {why}" if why is not None else None)
+
+
+def _mount_problem(model: str, library: str | None) -> str | None:
+    """Why the model file or the library cannot be mounted with --mount."""
+    for path in (model, library):
+        why = containerargs.check_path(path) if path is not None else None
+        if why is not None:
+            return why
+    return None
 
 
 def refused_images(cfg: Config, library: str) -> dict[str, str]:
     """The models with image whose container would be refused at its start:
-    name -> why (image_problem)."""
+    name -> why (check_image)."""
     out = {}
     for m in cfg.models:
         if m.image is not None:
-            why = image_problem(m.name, unitfiles.image_runtime(m), m.image, m.path, library)
+            why = check_image(m.name, unitfiles.image_runtime(m), m.image, m.path,
+                              library).refused
             if why is not None:
                 out[m.name] = why
     return out
@@ -71,10 +85,9 @@ def run_command(host: Host, name: str, mf: ModelFile, added: tuple[str, ...],
     if user is None:
         raise AgentError(f"the servers' user {serveruser.SERVER_USER} does not exist "
                          "(systemd-sysusers creates it when the agent is installed)")
-    for path in (mf.model, *library[:1]):
-        why = containerargs.check_path(path)
-        if why is not None:
-            raise AgentError(f"model {name}: {why}")
+    why = _mount_problem(mf.model, library[0] if library else None)
+    if why is not None:
+        raise AgentError(f"model {name}: {why}")
     spec = containerargs.RunSpec(
         runtime=mf.runtime, image=mf.image, name=name, model=mf.model, args=mf.args,
         runtime_args=mf.runtime_args, library=library[0] if library else None,

@@ -57,16 +57,15 @@ def judge(image: str, library: str, needs: tuple[int, ...] | None, entry: str,
     return None
 
 
-def problem(runtime: str, image: str, library: str) -> str | None:
-    """Why the wrapper library would not load into the image's server; None
-    when it would or cannot be told. Raises AgentError when the runtime or
-    the image cannot be read (not installed, daemon down, image not local)."""
+def problem(runtime: str, image: str, library: str, argv: list[str]) -> str | None:
+    """Why the wrapper library would not load into the image's server (`argv`:
+    its entrypoint and command, runtimes.image_info's); None when it would or
+    cannot be told. Raises AgentError when the runtime cannot read the image."""
     try:
         with open(library, "rb") as f:
             needs = needed_glibc(f.read())
     except (OSError, elflibs.NotElf) as e:
         raise AgentError(f"the wrapper library {library} cannot be read ({e})") from e
-    _, argv = runtimes.image_info(runtime, image)
     if not argv:
         raise AgentError(f"image {image} has no ENTRYPOINT or CMD: the agent runs images whose "
                          "entrypoint is llama-server, as llama.cpp's server image")

@@ -63,13 +63,13 @@ def prepare(host: Host, name: str) -> StartChoice | None:
     record = startrecord.make(host, mf, unit, os.environ)
     refused = None
     if mf.image is not None:
-        from hugepage_agent import containerstart, preload, runtimes
+        from hugepage_agent import containerstart, preload
 
         library = preload.listed(os.environ.get(consts.PRELOAD_ENV, ""))
-        refused = containerstart.image_problem(name, mf.runtime, mf.image, mf.model,
-                                               library[0] if library else None)
-        record.update(image=mf.image, image_id=runtimes.image_id(mf.runtime, mf.image),
-                      refused=refused)
+        checked = containerstart.check_image(name, mf.runtime, mf.image, mf.model,
+                                             library[0] if library else None)
+        refused = checked.refused
+        record.update(image=mf.image, image_id=checked.image_id, refused=refused)
     choice = None
     if mf.load is not None:
         choice = choose(mf.load, mf.model, mf.page_cache)
